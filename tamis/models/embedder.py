@@ -1,0 +1,73 @@
+"""Embeddings from a language model's last hidden layer, pooled and L2-normalized.
+
+``weighted_mean`` is RDS+'s pooling (SGPT's position-weighted mean): token i of L real tokens
+gets weight i / (1 + ... + L). Positions and weights are counted over non-padding tokens only,
+so a row's embedding does not depend on what it was batched with (the reference code ignores
+the mask and breaks at batch > 1). ``mean`` is the plain masked mean.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .batching import token_batches
+from .loading import load_backbone, load_tokenizer
+from .text import clip_chars
+
+POOLINGS = ("weighted_mean", "mean")
+
+
+def pool_hidden(hidden, mask, pooling: str):
+    """Pool ``hidden`` [B, T, H] under ``mask`` [B, T] (1 = real token) to [B, H], L2-normalized."""
+    import torch
+
+    mask = mask.to(hidden.dtype)
+    if pooling == "weighted_mean":
+        weights = torch.cumsum(mask, dim=1) * mask  # 1..L on real tokens, 0 on padding
+    elif pooling == "mean":
+        weights = mask
+    else:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    pooled = torch.einsum("bt,bth->bh", weights, hidden).float()
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+class HiddenStateEmbedder:
+    """Embed texts with any HF encoder or causal LM (by id or local folder)."""
+
+    def __init__(self, model: str, pooling: str = "weighted_mean", max_length: int = 512,
+                 batch_tokens: int = 16_384, device: str = "cpu", dtype: str = "float32",
+                 trust_remote_code: bool = False):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling, self.max_length, self.batch_tokens = pooling, max_length, batch_tokens
+        self.tokenizer = load_tokenizer(model, trust_remote_code)
+        self.model = load_backbone(model, device, dtype, trust_remote_code)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+        if limit:
+            self.max_length = min(self.max_length, int(limit))
+        self.device = device
+        self.dim = int(self.model.config.hidden_size)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), dim] float32 unit vectors, in input order."""
+        import torch
+
+        texts = [clip_chars(t, self.max_length) for t in texts]
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)
+        ids = enc["input_ids"]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            for batch in token_batches([len(x) for x in ids], self.batch_tokens):
+                width = max(len(ids[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+                out[batch] = pool_hidden(hidden, mask.to(hidden.device), self.pooling).cpu().numpy()
+        return out

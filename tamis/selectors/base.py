@@ -1,0 +1,107 @@
+"""The selector protocol: what every selector implements, and nothing about Beam.
+
+A selector is built from explicit keyword parameters (scikit-learn style: stored unchanged,
+introspected by :meth:`Selector.get_params`), then goes through a fixed lifecycle that the
+pipeline drives once per worker:
+
+1. ``setup(context)``: load models (heavy imports go here, never at module import);
+2. ``fit(targets)``: prepare on the target examples (or on nothing, for untargeted selectors);
+3. ``score(records)``: score a batch of records, returning one float array per column.
+
+The pipeline owns reading, batching across workers, selection and writing; a selector only
+turns records into columns. To add one, subclass :class:`Selector`, give it a ``name``, and
+register it (``tamis.selectors.registry`` or the ``tamis.selectors`` entry-point group).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from ..schemas.output import score_column
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Run-wide settings every selector receives at setup, not per-selector parameters."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_length: int = 512  # tokens per example; longer examples keep their first tokens
+    batch_tokens: int = 16_384  # padded tokens per model batch
+    seed: int = 0
+    work_dir: str | None = None  # a local folder for caches (trained proxies, features)
+
+
+class Selector:
+    """Base class. Subclasses set ``name`` and implement ``score`` (and usually ``setup``/``fit``)."""
+
+    name: ClassVar[str] = ""
+    #: True when the selector needs ``--target`` (RDS+, LESS, CoLoR-Filter).
+    needs_target: ClassVar[bool] = False
+    #: Default budget when the run gives none (a fraction below 1, or a count).
+    default_budget: ClassVar[float] = 0.05
+
+    def __init__(self) -> None:  # subclasses list their parameters explicitly
+        pass
+
+    # -- parameters (scikit-learn conventions) ---------------------------------------------
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Constructor parameters and their defaults, in signature order."""
+        sig = inspect.signature(cls.__init__)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.param_defaults()}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "Selector":
+        """Build from a config mapping; an unknown key fails with one line naming it."""
+        known = cls.param_defaults()
+        for key in params:
+            if key not in known:
+                raise ValueError(f"selector {cls.name!r} has no parameter {key!r} (it takes: {', '.join(known) or 'none'})")
+        return cls(**params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def setup(self, context: RunContext) -> None:
+        """Load models once per worker. Learned state gets a trailing underscore."""
+        self.context_ = context
+
+    def fit(self, targets: dict[str, list[dict]] | None) -> "Selector":
+        """Prepare on the target examples (task -> records with an optional ``subtask``)."""
+        if self.needs_target and not targets:
+            raise ValueError(f"selector {self.name!r} needs --target")
+        self.tasks_ = sorted(targets) if (targets and self.needs_target) else []
+        return self
+
+    def score(self, records: list[dict]) -> dict[str, np.ndarray]:
+        """Score a batch: one array of length ``len(records)`` per declared column."""
+        raise NotImplementedError
+
+    # -- declared output -------------------------------------------------------------------
+    def score_columns(self) -> dict[str | None, str]:
+        """Task -> the score column that ranks rows for it (``None`` for an untargeted selector)."""
+        if self.needs_target:
+            return {task: score_column(self.name, task) for task in self.tasks_}
+        return {None: score_column(self.name)}
+
+    def columns(self) -> list[pa.Field]:
+        """Every column this selector writes (after ``fit``): its score columns by default."""
+        return [pa.field(c, pa.float32()) for c in self.score_columns().values()]
+
+    def model_info(self) -> dict[str, dict]:
+        """Models this selector used, for the manifest: name -> {"path", "sha256", ...}."""
+        return {}
