@@ -1,0 +1,1 @@
+"""The Beam pipeline: read and validate the pool, score with selectors, select, write."""

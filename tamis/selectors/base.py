@@ -84,23 +84,27 @@ class Selector:
         """Prepare on the target examples (task -> records with an optional ``subtask``)."""
         if self.needs_target and not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
-        self.tasks_ = sorted(targets) if (targets and self.needs_target) else []
+        self.tasks_ = self.task_names(targets)
         return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         """Score a batch: one array of length ``len(records)`` per declared column."""
         raise NotImplementedError
 
-    # -- declared output -------------------------------------------------------------------
-    def score_columns(self) -> dict[str | None, str]:
+    # -- declared output (known before setup, so the driver can plan the schema) ---------------
+    def task_names(self, targets: dict | None) -> list[str]:
+        """The tasks this selector scores: every target task, or none for untargeted selectors."""
+        return sorted(targets) if (targets and self.needs_target) else []
+
+    def score_columns(self, tasks: list[str]) -> dict[str | None, str]:
         """Task -> the score column that ranks rows for it (``None`` for an untargeted selector)."""
         if self.needs_target:
-            return {task: score_column(self.name, task) for task in self.tasks_}
+            return {task: score_column(self.name, task) for task in tasks}
         return {None: score_column(self.name)}
 
-    def columns(self) -> list[pa.Field]:
-        """Every column this selector writes (after ``fit``): its score columns by default."""
-        return [pa.field(c, pa.float32()) for c in self.score_columns().values()]
+    def columns(self, tasks: list[str]) -> list[pa.Field]:
+        """Every column this selector writes: its float32 score columns by default."""
+        return [pa.field(c, pa.float32()) for c in self.score_columns(tasks).values()]
 
     def model_info(self) -> dict[str, dict]:
         """Models this selector used, for the manifest: name -> {"path", "sha256", ...}."""

@@ -1,0 +1,71 @@
+"""The Python API: the same runs as the CLI, and the trainer-side reader."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_config(config: str | Path | dict | None = None, **overrides: Any):
+    """A validated SelectConfig from a YAML file or mapping, with keyword overrides on top."""
+    from .schemas.config import SelectConfig
+
+    data: dict[str, Any] = {}
+    if isinstance(config, (str, Path)):
+        import yaml
+
+        with open(config, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{config}: the config file must be a YAML mapping")
+    elif isinstance(config, dict):
+        data = dict(config)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("pool", "selector", "beam_args"):  # one value where a list is expected
+        if isinstance(data.get(key), str):
+            data[key] = [data[key]]
+    return SelectConfig(**data)
+
+
+def select(config: str | Path | dict | None = None, *, progress: bool = False, **overrides: Any):
+    """Score the pool and select: ``tamis.select(pool=[...], target={...}, budget=0.05, out=...)``.
+
+    Returns a RunSummary with the counts (input, accepted, rejected, selected) and timings.
+    """
+    from .pipeline.run import run_select
+
+    return run_select(load_config(config, **overrides), progress=progress)
+
+
+def reselect(out: str, budget: float, **kwargs: Any):
+    """Select again on a finished run with a new budget, without scoring again."""
+    from .pipeline.run import run_reselect
+
+    return run_reselect(out, budget, **kwargs)
+
+
+def _shard_files(out: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    files = sorted(m.path for r in FileSystems.match([f"{out.rstrip('/')}/shards/part-*.parquet"]) for m in r.metadata_list)
+    if not files:
+        raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
+    return files
+
+
+def load_selected(out: str, task: str | None = None):
+    """The selected rows of a run as a ``datasets.Dataset``, in rank order (1 = best).
+
+    With ``task``, only rows selected for that task. The shards are plain Parquet, so
+    ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")`` reads every row.
+    """
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(pq.read_table(f) for f in _shard_files(out))
+    mask = table.column("selected")
+    if task is not None:
+        mask = pc.and_(mask, pa.array([task in v for v in table.column("selected_for").to_pylist()]))
+    table = table.filter(mask).sort_by([("rank", "ascending")])
+    return datasets.Dataset(table.replace_schema_metadata(None))

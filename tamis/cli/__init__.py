@@ -1,0 +1,183 @@
+"""The ``tamis`` command line (typer). Every command has a Python twin in ``tamis.api``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tamis: pick the training data worth training on.")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def fail(message: str) -> None:
+    """One clear line on stderr, exit status 2."""
+    console.print(f"[bold red]tamis:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _user_errors():
+    from pydantic import ValidationError
+
+    from ..schemas.config import config_error_line
+    from ..schemas.records import RecordError
+
+    return ValidationError, config_error_line, (ValueError, KeyError, FileNotFoundError, FileExistsError, RecordError, TypeError)
+
+
+def print_counts(counts: dict, timings: dict | None = None, chunks: dict | None = None) -> None:
+    c = counts
+    ok = c["input"] == c["accepted"] + c["rejected"] and c["selected"] <= c["accepted"]
+    mark = "[green]ok[/]" if ok else "[bold red]BROKEN[/]"
+    out_console.print(f"input {c['input']} = accepted {c['accepted']} + rejected {c['rejected']}; "
+                      f"selected {c['selected']} <= accepted  {mark}", highlight=False)
+    out_console.print(f"  matches_target {c.get('matches_target', 0)} (left out), duplicate ids {c.get('duplicates', 0)} (rejected)",
+                      highlight=False)
+    if chunks:
+        out_console.print(f"  chunks: {chunks.get('computed', 0)} scored, {chunks.get('reused', 0)} reused from an earlier run",
+                          highlight=False)
+    if timings:
+        out_console.print("  time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in timings.items()), highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def select(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with the same keys as these flags"),
+    pool: Optional[list[str]] = typer.Option(None, "--pool", help="pool file or glob (repeatable)"),
+    target: Optional[list[str]] = typer.Option(None, "--target", help="task=path of target examples (repeatable)"),
+    selector: Optional[list[str]] = typer.Option(None, "--selector", help="selector name (repeatable); see `tamis selectors`"),
+    select_by: Optional[str] = typer.Option(None, "--select-by", help="the selector whose scores drive the selection"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="rows to select: <1 a fraction of accepted rows, >=1 a count"),
+    param: Optional[list[str]] = typer.Option(None, "--param", help="selector parameter key=value or name.key=value (repeatable)"),
+    out: Optional[str] = typer.Option(None, "--out", help="output folder"),
+    shard_rows: Optional[int] = typer.Option(None, "--shard-rows", help="rows per work unit and output shard"),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="padded tokens per model batch"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="tokens kept per example"),
+    decontaminate: Optional[bool] = typer.Option(None, "--decontaminate/--no-decontaminate", help="leave out rows equal to a target example"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16"),
+    runner: Optional[str] = typer.Option(None, "--runner", help="DirectRunner (default), PortableRunner, DataflowRunner, FlinkRunner"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local worker processes"),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="replace a run with another config in --out"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Score a pool with selectors and write shards, rejects and a manifest to --out.
+
+    Options Beam knows (--project, --region, --temp_location, ...) pass through to the runner.
+    """
+    from ..api import load_config
+    from ..pipeline.run import run_select
+    from ..schemas.config import parse_param_pairs, parse_target_pairs
+
+    ValidationError, error_line, user_errors = _user_errors()
+    try:
+        overrides = dict(pool=pool or None, selector=selector or None, select_by=select_by, budget=budget, out=out,
+                         shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
+                         decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
+                         workers=workers, overwrite=overwrite, beam_args=list(ctx.args) or None)
+        if target:
+            overrides["target"] = parse_target_pairs(target)
+        if param:
+            overrides["param"] = parse_param_pairs(param)
+        cfg = load_config(config, **overrides)
+    except ValidationError as e:
+        fail(error_line(e))
+    except user_errors as e:
+        fail(str(e).strip("'\""))
+    try:
+        summary = run_select(cfg, progress=progress and sys.stderr.isatty())
+    except user_errors as e:
+        fail(str(e).strip("'\""))
+    out_console.print(f"[bold]tamis select[/] -> {cfg.out}", highlight=False)
+    print_counts(summary.counts, summary.timings, summary.chunks)
+
+
+@app.command()
+def reselect(
+    out: str = typer.Argument(..., help="a finished run folder"),
+    budget: float = typer.Option(..., "--budget", help="rows to select: <1 a fraction, >=1 a count"),
+    runner: str = typer.Option("DirectRunner", "--runner"),
+    workers: int = typer.Option(1, "--workers"),
+):
+    """Select again with a new budget, reusing the scores (no model runs)."""
+    from ..pipeline.run import run_reselect
+
+    ValidationError, error_line, user_errors = _user_errors()
+    try:
+        summary = run_reselect(out, budget, runner=runner, workers=workers)
+    except ValidationError as e:
+        fail(error_line(e))
+    except user_errors as e:
+        fail(str(e).strip("'\""))
+    print_counts(summary.counts)
+
+
+@app.command("selectors")
+def list_selectors():
+    """List every registered selector with its parameters and defaults."""
+    from rich.table import Table
+
+    from ..selectors import registry
+
+    table = Table("selector", "target", "parameters (defaults)", "what it does")
+    for name in registry.available():
+        try:
+            cls = registry.get(name)
+        except Exception as e:  # a broken plugin must not hide the others
+            table.add_row(name, "?", f"[red]failed to load: {e}[/]", "")
+            continue
+        params = ", ".join(f"{k}={v!r}" for k, v in cls.param_defaults().items())
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        table.add_row(name, "required" if cls.needs_target else "no", params or "-", doc)
+    out_console.print(table)
+
+
+@app.command()
+def inspect(
+    out: str = typer.Argument(..., help="a run folder"),
+    top: int = typer.Option(5, "--top", help="top-ranked examples shown per task"),
+):
+    """Print a run's counts, its top-ranked examples per task, and score histograms."""
+    from .inspect import inspect_run
+
+    try:
+        inspect_run(out, top, out_console)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("runs/demo", "--out", help="output folder"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Run RDS+ on the bundled demo pool (2,000 WordNet definitions, a few broken lines)."""
+    from ..demo import demo_config
+    from ..pipeline.run import run_select
+    from .inspect import inspect_run
+
+    run_select(demo_config(out), progress=progress and sys.stderr.isatty())
+    out_console.print(f"[bold]tamis demo[/] -> {out}", highlight=False)
+    inspect_run(out, 3, out_console)
+
+
+def _register_optional() -> None:
+    """Commands from other layers, registered where their modules exist."""
+    try:
+        from .proxy import train_proxy
+    except ImportError:
+        return
+    app.command("train-proxy")(train_proxy)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()

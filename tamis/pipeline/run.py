@@ -1,0 +1,328 @@
+"""Run a selection: plan the chunks, score them (pass 1), select (pass 2), write the manifest.
+
+Pass 1 writes one shard per chunk and is resumable: a rerun into the same folder with the
+same scoring config skips finished chunks. Pass 2 reads ids and scores only, so it is cheap
+and is all that ``reselect`` runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schemas.config import SelectConfig
+from ..schemas.output import output_schema
+from ..schemas.records import content_key
+from ..selectors import registry
+from ..selectors.base import RunContext
+from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
+from .options import pipeline_options
+from .scoring import SelectorModelHandler, WriteShard
+from .selection import Ranking, selection_pipeline
+from .sources import expand, read_targets
+
+WORK = "_work"
+# Config keys that do not change any score: a run that differs only in these resumes.
+_NOT_SCORING = {"budget", "out", "runner", "workers", "beam_args", "overwrite", "select_by", "decontaminate"}
+
+
+@dataclass
+class RunSummary:
+    out: str
+    counts: dict[str, int]
+    timings: dict[str, float]
+    chunks: dict[str, int] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _fs():
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def _read_json(path: str) -> dict | None:
+    fs = _fs()
+    if not fs.exists(path):
+        return None
+    with fs.open(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def _write_json(path: str, obj: dict) -> None:
+    fs = _fs()
+    tmp = path + ".inprogress"
+    with fs.create(tmp) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode("utf-8"))
+    if fs.exists(path):
+        fs.delete([path])
+    fs.rename([tmp], [path])
+
+
+def _list(pattern: str) -> list[str]:
+    return sorted(m.path for r in _fs().match([pattern]) for m in r.metadata_list)
+
+
+def scoring_key(config: SelectConfig, files: list[str]) -> str:
+    """What the scores depend on: the scoring config and the input file list."""
+    payload = {k: v for k, v in config.model_dump().items() if k not in _NOT_SCORING}
+    payload["files"] = files
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_selectors(config: SelectConfig, targets: dict | None):
+    """Instantiate (not set up) each selector: validates parameters and targets early."""
+    selectors = []
+    for name in config.selector:
+        selector = registry.create(name, config.params_for(name))
+        if selector.needs_target and not targets:
+            raise ValueError(f"selector {name!r} needs --target (task=path)")
+        selectors.append(selector)
+    unknown = {k.partition(".")[0] for k in config.param if "." in k} - set(config.selector)
+    if unknown:
+        raise ValueError(f"--param scoped to a selector not in this run: {sorted(unknown)}")
+    return selectors
+
+
+def _prepare_out(config: SelectConfig, key: str) -> set[str]:
+    """Create OUT, or resume it; returns the names of chunks already scored."""
+    fs = _fs()
+    out = config.out.rstrip("/")
+    plan = _read_json(f"{out}/{WORK}/plan.json")
+    if plan is not None and plan.get("scoring_key") != key:
+        if not config.overwrite:
+            raise FileExistsError(f"{out} holds a run made with another config or pool; pass --overwrite or choose another --out")
+        for sub in ("shards", "rejects", WORK):
+            if fs.exists(f"{out}/{sub}"):
+                fs.delete([f"{out}/{sub}"])
+        plan = None
+    elif plan is None and _list(f"{out}/shards/*.parquet") and not config.overwrite:
+        raise FileExistsError(f"{out} holds shards from an unknown run; pass --overwrite or choose another --out")
+    for sub in ("", "/shards", "/rejects", f"/{WORK}"):
+        if not fs.exists(out + sub):
+            fs.mkdirs(out + sub)
+    _write_json(f"{out}/{WORK}/plan.json", {"scoring_key": key})
+    # Half-written files from a killed run are never mistaken for finished ones.
+    stale = _list(f"{out}/shards/*.inprogress") + _list(f"{out}/rejects/*.inprogress")
+    if stale:
+        fs.delete(stale)
+    return {p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in _list(f"{out}/shards/part-*.parquet")}
+
+
+class _Progress:
+    """Counts finished shards on disk while a local pipeline runs (rich progress bar)."""
+
+    def __init__(self, out: str, total: int, already: int, enabled: bool):
+        self.out, self.total, self.already, self.enabled = out, total, already, enabled
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.enabled and self.total > self.already:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("scoring chunks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=True) as bar:
+            task = bar.add_task("score", total=self.total, completed=self.already)
+            while not self._stop.wait(0.5):
+                bar.update(task, completed=len(_list(f"{self.out}/shards/part-*.parquet")))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join(timeout=2)
+
+
+def _metrics(result) -> dict[str, Any]:
+    """Beam counters and distributions, where the runner reports them."""
+    out: dict[str, Any] = {}
+    try:
+        metrics = result.metrics().query()
+    except Exception:  # some runners report no metrics; the counts come from the files anyway
+        return out
+    for c in metrics.get("counters", []):
+        if c.key.metric.namespace == "tamis":
+            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0)
+    for d in metrics.get("distributions", []):
+        if d.key.metric.namespace == "tamis":
+            v = d.committed or d.attempted
+            if v is not None:
+                out[d.key.metric.name + "_total"] = out.get(d.key.metric.name + "_total", 0) + v.sum
+    return out
+
+
+def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
+               progress: bool) -> dict[str, Any]:
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+
+    context = RunContext(device=config.device, dtype=config.dtype, max_length=config.max_length,
+                         batch_tokens=config.batch_tokens, seed=config.seed,
+                         work_dir=f"{config.out.rstrip('/')}/{WORK}")
+    handler = SelectorModelHandler([(s.name, s.get_params()) for s in selectors], targets, context)
+    target_keys = frozenset(content_key(r) for examples in (targets or {}).values() for r in examples)
+    total = sum(f.n_chunks for f in files)
+    pipeline = beam.Pipeline(options=pipeline_options(config))
+    _ = (pipeline
+         | "Files" >> beam.Create(files)
+         | "ReadChunks" >> beam.ParDo(ReadChunks(frozenset(done)))
+         | "Distribute" >> beam.Reshuffle()
+         | "Validate" >> beam.ParDo(ValidateChunk(target_keys))
+         | "AsBatch" >> beam.Map(lambda chunk: [chunk])
+         | "Score" >> RunInference(handler.with_no_batching())
+         | "WriteShards" >> beam.ParDo(WriteShard(config.out, schema)))
+    with _Progress(config.out.rstrip("/"), total, len(done), progress and config.runner != "DataflowRunner"):
+        result = pipeline.run()
+        result.wait_until_finish()
+    return _metrics(result)
+
+
+def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[str, Any]:
+    import apache_beam as beam
+
+    out = config.out.rstrip("/")
+    shards = _list(f"{out}/shards/part-*.parquet")
+    if not shards:
+        return {}
+    rows = sum(_shard_meta(p)[0] for p in shards)
+    pipeline = beam.Pipeline(options=pipeline_options(config))
+    selection_pipeline(pipeline, out, shards, ranking, budget, rows)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _metrics(result)
+
+
+def _shard_meta(path: str) -> tuple[int, int]:
+    """(rows, input lines) of a shard, from its Parquet footer alone."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from .scoring import META_LINES
+
+    with _fs().open(path) as f:
+        meta = pq.ParquetFile(io.BytesIO(f.read())).metadata
+    kv = meta.metadata or {}
+    return meta.num_rows, int(kv.get(META_LINES, b"0"))
+
+
+def count_outputs(out: str) -> dict[str, int]:
+    """Counts read back from the files: the accounting identity is checked on these."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    out = out.rstrip("/")
+    counts = {"input": 0, "accepted": 0, "rejected": 0, "selected": 0, "matches_target": 0, "duplicates": 0}
+    for path in _list(f"{out}/shards/part-*.parquet"):
+        with _fs().open(path) as f:
+            data = f.read()
+        rows, lines = _shard_meta(path)
+        counts["input"] += lines
+        counts["accepted"] += rows
+        table = pq.read_table(io.BytesIO(data), columns=["selected", "matches_target"])
+        counts["selected"] += sum(table.column("selected").to_pylist())
+        counts["matches_target"] += sum(table.column("matches_target").to_pylist())
+    for path in _list(f"{out}/rejects/*.parquet"):
+        with _fs().open(path) as f:
+            n = pq.ParquetFile(io.BytesIO(f.read())).metadata.num_rows
+        counts["rejected"] += n
+        if path.rsplit("/", 1)[-1].startswith("duplicates-"):
+            counts["duplicates"] += n
+    return counts
+
+
+def check_counts(counts: dict[str, int]) -> None:
+    if counts["input"] != counts["accepted"] + counts["rejected"] or counts["selected"] > counts["accepted"]:
+        raise RuntimeError(f"accounting identity broken (input == accepted + rejected, selected <= accepted): {counts}")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("tamis", "apache-beam", "torch", "transformers", "sentence-transformers", "peft",
+                "faiss-cpu", "pyarrow", "numpy", "pydantic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
+    """Score and select: the whole ``tamis select`` run."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    targets = read_targets(config.target) if config.target else None
+    selectors = build_selectors(config, targets)
+    driver = next(s for s in selectors if s.name == config.driver)
+    columns = [c for s in selectors for c in s.columns(s.task_names(targets))]
+    schema = output_schema(columns)
+    paths = expand(config.pool)
+    files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
+    done = _prepare_out(config, scoring_key(config, paths))
+    timings["plan_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
+    reused = done & planned
+    metrics = score_pass(config, files, reused, targets, selectors, schema, progress)
+    timings["score_s"] = time.perf_counter() - t1
+
+    budget = config.budget if config.budget is not None else driver.default_budget
+    ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate)
+    t2 = time.perf_counter()
+    metrics.update(select_pass(config, ranking, budget))
+    timings["select_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+
+    counts = count_outputs(config.out)
+    check_counts(counts)
+    manifest = {
+        "tamis_manifest": 1,
+        "config": config.model_dump(),
+        "resolved": {"budget": budget, "select_by": config.driver, "tasks": sorted(targets or {}),
+                     "ranking_columns": {str(k): v for k, v in ranking.task_columns.items()},
+                     "files": paths, "schema": [f"{f.name}: {f.type}" for f in schema]},
+        "versions": _versions(),
+        "models": {k: v for s in selectors for k, v in s.model_info().items()},
+        "targets": {t: len(v) for t, v in (targets or {}).items()},
+        "counts": counts,
+        "chunks": {"planned": len(planned), "reused": len(reused), "computed": len(planned - reused)},
+        "timings": timings,
+        "metrics": metrics,
+    }
+    _write_json(f"{config.out.rstrip('/')}/manifest.json", manifest)
+    return RunSummary(config.out, counts, timings, manifest["chunks"], manifest)
+
+
+def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers: int = 1,
+                 beam_args: list[str] | None = None) -> RunSummary:
+    """Select again on a finished run with a new budget, without scoring again."""
+    out = out.rstrip("/")
+    manifest = _read_json(f"{out}/manifest.json")
+    if manifest is None:
+        raise FileNotFoundError(f"{out}/manifest.json not found: is this a finished tamis run?")
+    data = dict(manifest["config"], budget=budget, runner=runner, workers=workers, beam_args=beam_args or [])
+    config = SelectConfig(**data)
+    ranking = Ranking({(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()},
+                      config.decontaminate)
+    t0 = time.perf_counter()
+    select_pass(config, ranking, budget)
+    counts = count_outputs(out)
+    check_counts(counts)
+    manifest["config"] = config.model_dump()
+    manifest["resolved"]["budget"] = budget
+    manifest["counts"] = counts
+    manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
+    manifest["timings"]["reselect_s"] = time.perf_counter() - t0
+    _write_json(f"{out}/manifest.json", manifest)
+    return RunSummary(out, counts, manifest["timings"], manifest.get("chunks", {}), manifest)

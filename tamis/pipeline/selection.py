@@ -1,0 +1,212 @@
+"""The selection pass: a cheap second pipeline over finished shards (scores as columns).
+
+It reads only ids and score columns, finds ids repeated across shards, takes each task's
+top-k through Beam's combiners, merges tasks round-robin with dedupe (RDS+), and rewrites
+each shard's ``selected``/``rank``/``selected_for`` columns. Only ids and scores cross a
+shuffle, never whole records, so memory does not grow with record size. ``tamis reselect``
+runs this pass alone with a new budget.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..schemas.output import REJECT_SCHEMA
+from .scoring import write_parquet
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How one run ranks rows: the column per task, and what is not eligible."""
+
+    task_columns: dict[str | None, str]  # task (None when untargeted) -> score column
+    exclude_matches_target: bool = True
+
+
+def resolve_budget(budget: float, eligible: int) -> int:
+    """Rows to select: below 1 a fraction of eligible rows (floored), else a count, capped."""
+    k = math.floor(budget * eligible) if budget < 1 else int(budget)
+    return max(0, min(k, eligible))
+
+
+def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int) -> dict[str, tuple[int, list[str]]]:
+    """Take tasks in turn, each its best remaining id, skipping ids already taken, until k.
+
+    ``candidates`` holds each task's (score, id) list, best first. Returns id -> (rank from 1,
+    tasks it was picked for, including tasks that met it already taken). One task is plain top-k.
+    """
+    tasks = sorted(candidates, key=lambda t: "" if t is None else t)
+    pointers = {t: 0 for t in tasks}
+    chosen: dict[str, tuple[int, list[str]]] = {}
+    active = list(tasks)
+    while len(chosen) < k and active:
+        for task in list(active):
+            if len(chosen) >= k:
+                break
+            items = candidates[task]
+            i = pointers[task]
+            while i < len(items) and items[i][1] in chosen:
+                if task is not None and task not in chosen[items[i][1]][1]:
+                    chosen[items[i][1]][1].append(task)
+                i += 1
+            if i >= len(items):
+                active.remove(task)
+                pointers[task] = i
+                continue
+            chosen[items[i][1]] = (len(chosen) + 1, [] if task is None else [task])
+            pointers[task] = i + 1
+    return chosen
+
+
+def read_columns(path: str, columns: list[str]) -> pa.Table:
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+
+
+class ShardIds(beam.DoFn):
+    """(id, (shard index, row)) for every row: the input to cross-shard duplicate detection."""
+
+    def process(self, item: tuple[int, str]):
+        index, path = item
+        ids = read_columns(path, ["id"]).column("id").to_pylist()
+        for row, rid in enumerate(ids):
+            yield rid, (index, row)
+
+
+def later_duplicates(item: tuple[str, list[tuple[int, int]]]):
+    """For an id seen more than once, every position after the first (input order)."""
+    rid, positions = item
+    if len(positions) > 1:
+        first, *rest = sorted(positions)
+        for pos in rest:
+            yield pos, (rid, first)
+
+
+class ShardCandidates(beam.DoFn):
+    """Each shard's own top-k per task: partial top-k before the global combine."""
+
+    def __init__(self, ranking: Ranking, k: int):
+        self.ranking, self.k = ranking, k
+
+    def process(self, item: tuple[int, str], duplicates: list):
+        index, path = item
+        cols = sorted(set(self.ranking.task_columns.values()))
+        table = read_columns(path, ["id", "matches_target", *cols])
+        eligible = eligible_rows(table, index, self.ranking, duplicates)
+        ids = table.column("id").to_pylist()
+        for task, col in self.ranking.task_columns.items():
+            scores = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+            ok = eligible & ~np.isnan(scores)
+            rows = np.flatnonzero(ok)
+            if len(rows) > self.k:
+                rows = rows[np.argpartition(-scores[rows], self.k - 1)[: self.k]]
+            for row in rows:
+                # Ties break by input position (earlier wins), so the selection is deterministic.
+                yield task, (float(scores[row]), (-index, -int(row)), ids[row])
+
+
+def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: list) -> np.ndarray:
+    """Rows that may be selected: not a target match (unless allowed), not a later duplicate."""
+    eligible = np.ones(table.num_rows, dtype=bool)
+    if ranking.exclude_matches_target:
+        eligible &= ~table.column("matches_target").to_numpy(zero_copy_only=False)
+    for (shard, row), _ in duplicates:
+        if shard == index:
+            eligible[row] = False
+    return eligible
+
+
+def merge_selection(top: list[tuple[str | None, list]], budget: float, eligible: int) -> dict:
+    k = resolve_budget(budget, eligible)
+    candidates = {task: [(s, rid) for s, _, rid in items] for task, items in top}
+    return round_robin(candidates, k)
+
+
+class RewriteShard(beam.DoFn):
+    """Set the selection columns of one shard; move later duplicates of an id to the rejects."""
+
+    def __init__(self, out: str):
+        self.out = out.rstrip("/")
+
+    def process(self, item: tuple[int, str], selection: dict, duplicates: list):
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        index, path = item
+        with FileSystems.open(path) as f:
+            table = pq.read_table(io.BytesIO(f.read()))
+        metadata = table.schema.metadata
+        drop = {row: (rid, first) for (shard, row), (rid, first) in duplicates if shard == index}
+        name = path.rsplit("/", 1)[-1]
+        if drop:
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[list(drop)] = False
+            dropped = table.filter(pa.array(~keep))
+            rejects = [{"id": rid, "raw": _row_json(r), "reason": f"duplicate id (first in shard {first[0]}, row {first[1]})",
+                        "source": f"{name} row {row}"}
+                       for (row, (rid, first)), r in zip(sorted(drop.items()), dropped.to_pylist())]
+            write_parquet(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
+                          f"{self.out}/rejects/duplicates-{name}")
+            table = table.filter(pa.array(keep))
+        ids = table.column("id").to_pylist()
+        picked = [selection.get(rid) for rid in ids]
+        table = table.set_column(table.schema.get_field_index("selected"), table.schema.field("selected"),
+                                 pa.array([p is not None for p in picked], pa.bool_()))
+        table = table.set_column(table.schema.get_field_index("rank"), table.schema.field("rank"),
+                                 pa.array([p[0] if p else None for p in picked], pa.int64()))
+        table = table.set_column(table.schema.get_field_index("selected_for"), table.schema.field("selected_for"),
+                                 pa.array([p[1] if p else [] for p in picked], pa.list_(pa.string())))
+        write_parquet(table.replace_schema_metadata(metadata), path)
+        yield int(pc.sum(table.column("selected")).as_py() or 0)
+
+
+def _row_json(row: dict) -> str:
+    import json
+
+    from ..schemas.records import record_to_json
+
+    return record_to_json({"id": row["id"], "messages": row["messages"], "text": row["text"], "extra": row["extra"]}) \
+        if row else json.dumps(row)
+
+
+def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranking: Ranking,
+                       budget: float, rows: int):
+    """Add the selection pass to pipeline ``p`` over the given shard files."""
+    from apache_beam.transforms import combiners
+
+    shards = p | "Shards" >> beam.Create(list(enumerate(shard_paths)))
+    duplicates = (shards
+                  | "Ids" >> beam.ParDo(ShardIds())
+                  | "GroupIds" >> beam.GroupByKey()
+                  | "LaterDuplicates" >> beam.FlatMap(later_duplicates))
+    dup_list = beam.pvalue.AsList(duplicates)
+    n_dups = duplicates | "CountDuplicates" >> beam.combiners.Count.Globally()
+    k_max = resolve_budget(budget, rows)  # an upper bound: the exact k needs the eligible count
+    eligible = rows_eligible(shards, ranking, dup_list)
+    top = (shards
+           | "Candidates" >> beam.ParDo(ShardCandidates(ranking, max(k_max, 1)), dup_list)
+           | "TopPerTask" >> combiners.Top.LargestPerKey(max(k_max, 1))
+           | "AllTasks" >> beam.combiners.ToList())
+    selection = top | "RoundRobin" >> beam.Map(merge_selection, budget, beam.pvalue.AsSingleton(eligible))
+    written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out), beam.pvalue.AsSingleton(selection), dup_list)
+    return written, n_dups
+
+
+def rows_eligible(shards, ranking: Ranking, dup_list):
+    """How many rows may be selected: not a target match, not a later duplicate."""
+
+    def count(item, duplicates):
+        index, path = item
+        return int(eligible_rows(read_columns(path, ["matches_target"]), index, ranking, duplicates).sum())
+
+    return (shards | "Eligible" >> beam.Map(count, dup_list)
+            | "SumEligible" >> beam.CombineGlobally(sum))
