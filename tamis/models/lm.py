@@ -145,7 +145,8 @@ def encode_record(tokenizer, record: dict, max_length: int) -> Encoded:
     else:
         text, spans = plain_spans(messages)
     clipped = clip_chars(text, max_length)
-    enc = tokenizer(clipped, add_special_tokens=not templated, return_offsets_mapping=True, truncation=False)
+    enc = tokenizer(clipped, add_special_tokens=not templated, return_offsets_mapping=True, truncation=True,
+                    max_length=max_length)
     ids = list(enc["input_ids"])
     scored = [any(s < end and e > start for start, end in spans) if e > s else False
               for s, e in enc["offset_mapping"]]

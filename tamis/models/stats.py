@@ -1,0 +1,197 @@
+"""Per-example statistics from a causal LM: losses, EL2N and per-example gradients.
+
+Every function takes already encoded examples (:func:`tamis.models.lm.encode_records`) and
+groups them with :func:`tamis.models.batching.token_batches`, so the batches, and therefore the
+results, are fixed by the examples themselves. Outputs come back in input order.
+
+* :func:`sequence_stats` is one forward pass: mean token loss over the scored tokens, their
+  count, and token EL2N, the mean over scored tokens of ||p_t - onehot(y_t)||_2, computed as
+  sqrt(sum p^2 - 2 p_y + 1) so the vocabulary-sized one-hot never exists.
+* :func:`per_example_grads` runs ``torch.func.vmap`` over ``grad`` of ``functional_call``:
+  a chunk of examples gets its gradients in one batched pass instead of a backward per example.
+  The same step can Adam-precondition them (LESS), project them and L2-normalize them.
+
+An example with no scored token (say, its answer was truncated away) gets a NaN loss and EL2N,
+a count of 0 and a zero gradient.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from .batching import token_batches
+from .lm import Encoded, model_device, pad_batch, token_nll
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def _pad_id(model) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.config, "eos_token_id", None)
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0]
+    return int(pad or 0)
+
+
+def el2n_from_logits(logits, targets):
+    """Token EL2N [..] from logits [.., V] and target ids [..]: sqrt(sum p^2 - 2 p_y + 1), in fp32."""
+    import torch
+
+    probs = torch.softmax(logits.float(), dim=-1)
+    p_y = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (probs.square().sum(-1) - 2 * p_y + 1).clamp_min(0).sqrt()
+
+
+def sequence_stats(model, examples: Sequence[Encoded], *, batch_tokens: int = 16_384,
+                   max_rows: int = 1024) -> dict[str, np.ndarray]:
+    """``{"loss", "tokens", "el2n"}``: mean token loss, scored-token count and token EL2N per example."""
+    import torch
+
+    n = len(examples)
+    loss = np.full(n, np.nan, dtype=np.float32)
+    el2n = np.full(n, np.nan, dtype=np.float32)
+    tokens = np.zeros(n, dtype=np.int64)
+    device, pad, was_training = model_device(model), _pad_id(model), model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in token_batches([len(e) for e in examples], batch_tokens, max_rows):
+                ids, mask, labels = pad_batch([examples[i] for i in batch], pad, device)
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                for row, i in enumerate(batch):
+                    # Row by row: fp32 probabilities for one row at a time bound the memory.
+                    width = len(examples[i])
+                    nll, scored = token_nll(logits[row : row + 1, :width], labels[row : row + 1, :width])
+                    count = int(scored.sum())
+                    tokens[i] = count
+                    if count:
+                        loss[i] = float(nll.sum()) / count
+                        targets = labels[row, 1:width]
+                        keep = scored[0]
+                        token_el2n = el2n_from_logits(logits[row, : width - 1][keep], targets[keep])
+                        el2n[i] = float(token_el2n.mean())
+    finally:
+        model.train(was_training)
+    return {"loss": loss, "tokens": tokens, "el2n": el2n}
+
+
+def grad_param_names(model, params: str | Sequence[str] = "trainable") -> list[str]:
+    """Names of the parameters to differentiate: ``"trainable"`` (requires_grad, e.g. LoRA),
+    ``"all"``, or an explicit list. Tied weights appear once (as ``named_parameters`` lists them)."""
+    named = dict(model.named_parameters())
+    if params == "trainable":
+        names = [k for k, p in named.items() if p.requires_grad]
+    elif params == "all":
+        names = list(named)
+    else:
+        names = list(params)
+        unknown = [k for k in names if k not in named]
+        if unknown:
+            raise KeyError(f"no such parameters: {unknown[:3]}")
+    if not names:
+        raise ValueError("no parameters to differentiate (is the model frozen?)")
+    return names
+
+
+def grad_dim(model, params: str | Sequence[str] = "trainable") -> int:
+    named = dict(model.named_parameters())
+    return sum(named[k].numel() for k in grad_param_names(model, params))
+
+
+def flat_moments(moments: dict, names: Sequence[str], device=None):
+    """Adam (m, v) dicts keyed by parameter name, flattened in ``names`` order to two fp32 vectors."""
+    import torch
+
+    missing = [k for k in names if k not in moments]
+    if missing:
+        raise KeyError(f"no Adam moments for {missing[:3]}")
+    m = torch.cat([moments[k][0].reshape(-1).float() for k in names])
+    v = torch.cat([moments[k][1].reshape(-1).float() for k in names])
+    return (m, v) if device is None else (m.to(device), v.to(device))
+
+
+def adam_precondition(g, m, v, betas: tuple[float, float] = ADAM_BETAS, eps: float = ADAM_EPS):
+    """LESS's Adam update direction for gradients ``g`` [N, D] given moments ``m``, ``v`` [D]:
+    m' = b1 m + (1-b1) g; v' = b2 v + (1-b2) g^2; m' / sqrt(v' + eps) (eps inside, no bias correction)."""
+    b1, b2 = betas
+    m_new = b1 * m + (1 - b1) * g
+    v_new = b2 * v + (1 - b2) * g.square()
+    return m_new / (v_new + eps).sqrt()
+
+
+def _iter_grad_chunks(model, examples: Sequence[Encoded], names: list[str], *, chunk_size: int,
+                      batch_tokens: int) -> Iterator[tuple[list[int], object]]:
+    """(indices, flat fp32 gradients [len(indices), D]) chunk by chunk, via vmap(grad(functional_call))."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    device, pad = model_device(model), _pad_id(model)
+    named = dict(model.named_parameters())
+    params = {k: named[k].detach() for k in names}
+
+    def example_loss(p, ids, mask, labels):
+        logits = functional_call(model, p, (), {"input_ids": ids.unsqueeze(0), "attention_mask": mask.unsqueeze(0)}).logits
+        nll, scored = token_nll(logits, labels.unsqueeze(0))
+        return nll.sum() / scored.sum().clamp_min(1)
+
+    grads_of_chunk = vmap(grad(example_loss), in_dims=(None, 0, 0, 0))
+    for chunk in token_batches([len(e) for e in examples], batch_tokens, max_rows=chunk_size):
+        ids, mask, labels = pad_batch([examples[i] for i in chunk], pad, device)
+        grads = grads_of_chunk(params, ids, mask, labels)
+        flat = torch.cat([grads[k].reshape(len(chunk), -1).float() for k in names], dim=1)
+        yield chunk, flat
+
+
+def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Sequence[str] = "trainable",
+                      chunk_size: int = 8, batch_tokens: int = 4096, projector=None, normalize: bool = False,
+                      adam_moments: dict | None = None, adam_betas: tuple[float, float] = ADAM_BETAS,
+                      adam_eps: float = ADAM_EPS) -> np.ndarray:
+    """Per-example gradients of the mean scored-token loss, [N, D] or [N, projector.out_dim] fp32.
+
+    ``chunk_size`` rows and ``batch_tokens`` padded tokens per vmap call bound the memory.
+    Order of operations per chunk: Adam preconditioning (when ``adam_moments`` maps each name to
+    (exp_avg, exp_avg_sq)), then the projection, then L2 normalization. The model runs in eval
+    mode (no dropout) and its parameters are left untouched.
+    """
+    import torch
+
+    names = grad_param_names(model, params)
+    dim = grad_dim(model, names)
+    out_dim = projector.out_dim if projector is not None else dim
+    if projector is not None and projector.in_dim != dim:
+        raise ValueError(f"projector expects {projector.in_dim} values, the gradients have {dim}")
+    device = model_device(model)
+    moments = flat_moments(adam_moments, names, device) if adam_moments is not None else None
+    out = np.zeros((len(examples), out_dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens):
+            if moments is not None:
+                flat = adam_precondition(flat, *moments, betas=adam_betas, eps=adam_eps)
+            if projector is not None:
+                flat = projector.project(flat)
+            if normalize:
+                flat = torch.nn.functional.normalize(flat, dim=1)
+            out[chunk] = flat.detach().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def per_example_grad_norms(model, examples: Sequence[Encoded], *, params: str | Sequence[str] = "all",
+                           chunk_size: int = 8, batch_tokens: int = 4096) -> np.ndarray:
+    """||gradient||_2 per example (GraNd) without keeping the [N, D] gradients."""
+    names = grad_param_names(model, params)
+    out = np.zeros(len(examples), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens):
+            out[chunk] = flat.norm(dim=1).detach().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out

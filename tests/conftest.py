@@ -1,0 +1,103 @@
+"""Shared fixtures: small real data (from the bundled demo pool) and tiny real models."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEMO = Path(__file__).resolve().parents[1] / "tamis" / "demo"
+
+
+@pytest.fixture(autouse=True)
+def _beam_tmp(tmp_path, monkeypatch):
+    """Beam leaves temp folders in TMPDIR: keep them inside the test's own folder."""
+    d = tmp_path / "_tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+
+
+def demo_records(n: int) -> list[dict]:
+    """The first n valid records of the bundled demo pool (real WordNet chat records)."""
+    out = []
+    with gzip.open(DEMO / "pool.jsonl.gz", "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj.get("id"), str) and isinstance(obj.get("messages"), list) and obj["id"] not in {o["id"] for o in out}:
+                out.append(obj)
+            if len(out) == n:
+                break
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict | bytes]) -> Path:
+    with open(path, "wb") as f:
+        for r in rows:
+            f.write(r if isinstance(r, bytes) else (json.dumps(r) + "\n").encode())
+    return path
+
+
+@pytest.fixture(scope="session")
+def targets_dir(tmp_path_factory) -> dict[str, str]:
+    """Two tasks' target files: the demo's food and animal dev sets (32 each)."""
+    return {"food": str(DEMO / "food_dev.jsonl"), "animal": str(DEMO / "animal_dev.jsonl")}
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A ~100k-parameter BERT saved as a local folder (safetensors), with MiniLM's tokenizer trimmed.
+
+    Real users pass a hub id; this exercises the same loading code on a local path.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny_encoder")
+    texts = [m["content"] for r in demo_records(600) for m in r["messages"]]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=800, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, pad_token_id=fast.pad_token_id)
+    BertModel(cfg).save_pretrained(d, safe_serialization=True)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal(tmp_path_factory) -> str:
+    """A ~100k-parameter GPT-2 with a byte-level BPE trained on demo text, as a local folder."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny_causal")
+    texts = [m["content"] for r in demo_records(600) for m in r["messages"]]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=512, special_tokens=["<|endoftext|>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    eos = fast.eos_token_id
+    cfg = GPT2Config(vocab_size=len(fast), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                     bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    GPT2LMHeadModel(cfg).save_pretrained(d, safe_serialization=True)
+    return str(d)

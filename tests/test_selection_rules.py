@@ -1,0 +1,30 @@
+from tamis.pipeline.selection import resolve_budget, round_robin
+
+
+def test_budget_fraction_and_count():
+    assert resolve_budget(0.05, 1000) == 50
+    assert resolve_budget(0.999, 3) == 2
+    assert resolve_budget(20, 1000) == 20
+    assert resolve_budget(5000, 300) == 300  # more than the pool: everything eligible
+
+
+def test_single_task_is_top_k():
+    chosen = round_robin({None: [(0.9, "a"), (0.8, "b"), (0.1, "c")]}, 2)
+    assert chosen == {"a": (1, []), "b": (2, [])}
+
+
+def test_round_robin_alternates_and_dedupes():
+    cands = {
+        "math": [(0.9, "x"), (0.8, "y"), (0.7, "z")],
+        "code": [(0.95, "x"), (0.5, "w"), (0.4, "v")],
+    }
+    chosen = round_robin(cands, 4)
+    # code goes first (sorted task order) and takes x; math meets x taken and moves to y.
+    assert [rid for rid, _ in sorted(chosen.items(), key=lambda kv: kv[1][0])] == ["x", "y", "w", "z"]
+    assert chosen["x"] == (1, ["code", "math"])
+    assert chosen["y"][1] == ["math"]
+
+
+def test_round_robin_stops_when_candidates_run_out():
+    chosen = round_robin({"a": [(1.0, "p")], "b": [(1.0, "p")]}, 10)
+    assert list(chosen) == ["p"]
