@@ -29,6 +29,15 @@ def _user_errors():
     return ValidationError, config_error_line, (ValueError, KeyError, FileNotFoundError, FileExistsError, RecordError, TypeError)
 
 
+def print_metrics(metrics: dict) -> None:
+    """Beam's counters and per-stage times, as the runner reported them."""
+    if not metrics:
+        return
+    shown = {k: (f"{v / 1000:.1f}s" if k.endswith("_ms_per_chunk_total") else v) for k, v in sorted(metrics.items())}
+    out_console.print("  beam metrics: " + ", ".join(f"{k.replace('_ms_per_chunk_total', ' time')} {v}" for k, v in shown.items()),
+                      highlight=False)
+
+
 def print_counts(counts: dict, timings: dict | None = None, chunks: dict | None = None) -> None:
     c = counts
     ok = c["input"] == c["accepted"] + c["rejected"] and c["selected"] <= c["accepted"]
@@ -96,6 +105,7 @@ def select(
         fail(str(e).strip("'\""))
     out_console.print(f"[bold]tamis select[/] -> {cfg.out}", highlight=False)
     print_counts(summary.counts, summary.timings, summary.chunks)
+    print_metrics(summary.manifest.get("metrics", {}))
 
 
 @app.command()

@@ -192,7 +192,8 @@ def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[s
     if not shards:
         return {}
     rows = sum(_shard_meta(p)[0] for p in shards)
-    pipeline = beam.Pipeline(options=pipeline_options(config))
+    # Reading ids and scores is cheap: local worker processes would cost more to start than they save.
+    pipeline = beam.Pipeline(options=pipeline_options(config, workers=1))
     selection_pipeline(pipeline, out, shards, ranking, budget, rows)
     result = pipeline.run()
     result.wait_until_finish()
