@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--pool", default=str(BENCH / "pool.jsonl.gz"))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--cache-dir", default="/tmp/tamis-bench-proxies")
-    parser.add_argument("--sample-size", type=int, default=20_000, help="pool rows the proxy is built on")
+    parser.add_argument("--sample-size", type=int, default=10_000, help="pool rows the proxy is built on")
     parser.add_argument("--build-epochs", type=int, default=2)
     parser.add_argument("--fraction", type=float, default=0.05, help="warm-up slice of the pool")
     parser.add_argument("--epochs", type=int, default=4)

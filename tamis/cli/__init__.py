@@ -177,6 +177,40 @@ def demo(
     inspect_run(out, 3, out_console)
 
 
+@app.command()
+def evaluate(
+    out: str = typer.Argument(..., help="a finished run folder"),
+    eval_: list[str] = typer.Option(..., "--eval", help="task=path of held-out eval examples (repeatable)"),
+    baselines: str = typer.Option("random,full", "--baselines", help="comma-separated: random, full"),
+    seeds: int = typer.Option(3, "--seeds", help="trainings per arm, with different seeds"),
+    steps: int = typer.Option(400, "--steps", help="optimizer steps per training (the same for every arm)"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="JSONL(.gz) of {id, <field>} for P@k"),
+    label_field: str = typer.Option("domain", "--label-field"),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="task=label value counted as a hit for P@k (repeatable)"),
+    k: int = typer.Option(500, "--k", help="k for P@k"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train a small proxy on the selection, on random rows and on the full pool; compare held-out loss."""
+    from ..evaluate import EvalSettings, evaluate_run, format_table
+    from ..schemas.config import parse_target_pairs
+
+    ValidationError, error_line, user_errors = _user_errors()
+    try:
+        evals = parse_target_pairs(eval_)
+        label_of = parse_target_pairs(label) if label else {}
+        results = evaluate_run(out, evals, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+                               seeds=seeds, settings=EvalSettings(steps=steps, batch_size=batch_size),
+                               labels=labels, label_field=label_field, label_of=label_of, k=k,
+                               progress=progress and sys.stderr.isatty())
+    except ValidationError as e:
+        fail(error_line(e))
+    except user_errors as e:
+        fail(str(e).strip("'\""))
+    out_console.print(format_table(results))
+    out_console.print(f"written {out.rstrip('/')}/evaluate.json ({results['total_s']:.0f}s)", highlight=False)
+
+
 def _register_optional() -> None:
     """Commands from other layers, registered where their modules exist."""
     try:

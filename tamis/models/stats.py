@@ -148,13 +148,15 @@ def _iter_grad_chunks(model, examples: Sequence[Encoded], names: list[str], *, c
 def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Sequence[str] = "trainable",
                       chunk_size: int = 8, batch_tokens: int = 4096, projector=None, normalize: bool = False,
                       adam_moments: dict | None = None, adam_betas: tuple[float, float] = ADAM_BETAS,
-                      adam_eps: float = ADAM_EPS) -> np.ndarray:
+                      adam_eps: float = ADAM_EPS, project_buffer_bytes: int = 256 << 20) -> np.ndarray:
     """Per-example gradients of the mean scored-token loss, [N, D] or [N, projector.out_dim] fp32.
 
     ``chunk_size`` rows and ``batch_tokens`` padded tokens per vmap call bound the memory.
-    Order of operations per chunk: Adam preconditioning (when ``adam_moments`` maps each name to
-    (exp_avg, exp_avg_sq)), then the projection, then L2 normalization. The model runs in eval
-    mode (no dropout) and its parameters are left untouched.
+    Order of operations: Adam preconditioning (when ``adam_moments`` maps each name to
+    (exp_avg, exp_avg_sq)), then the projection, then L2 normalization. Gradients wait in a buffer
+    of up to ``project_buffer_bytes`` before projecting, so a projection too large to keep whole
+    regenerates its tiles once per buffer rather than once per chunk. The model runs in eval mode
+    (no dropout) and its parameters are left untouched.
     """
     import torch
 
@@ -166,17 +168,30 @@ def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Seque
     device = model_device(model)
     moments = flat_moments(adam_moments, names, device) if adam_moments is not None else None
     out = np.zeros((len(examples), out_dim), dtype=np.float32)
+    pending: list[tuple[list[int], object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        rows = [i for chunk, _ in pending for i in chunk]
+        flat = torch.cat([g for _, g in pending])
+        pending.clear()
+        if projector is not None:
+            flat = projector.project(flat)
+        if normalize:
+            flat = torch.nn.functional.normalize(flat, dim=1)
+        out[rows] = flat.detach().cpu().numpy()
+
     was_training = model.training
     model.eval()
     try:
         for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens):
             if moments is not None:
                 flat = adam_precondition(flat, *moments, betas=adam_betas, eps=adam_eps)
-            if projector is not None:
-                flat = projector.project(flat)
-            if normalize:
-                flat = torch.nn.functional.normalize(flat, dim=1)
-            out[chunk] = flat.detach().cpu().numpy()
+            pending.append((chunk, flat))
+            if projector is None or sum(len(c) for c, _ in pending) * dim * 4 >= project_buffer_bytes:
+                flush()
+        flush()
     finally:
         model.train(was_training)
     return out

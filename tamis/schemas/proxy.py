@@ -9,9 +9,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
 class TrainConfig(BaseModel):
     """Warm-up or fine-tuning of a causal LM. Defaults follow LESS's warm-up recipe
     (LoRA r=128, alpha=512, dropout 0.1, lr 2e-5, linear decay, warmup 0.03, 4 epochs, 5% of the pool)."""
@@ -42,7 +39,8 @@ class TrainConfig(BaseModel):
     lora_alpha: float = Field(default=512, gt=0)
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)
     lora_targets: list[str] | None = Field(default=None, description="module name suffixes; None: the attention projections")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="autocast dtype for the forward pass (weights and Adam stay fp32); bfloat16 on GPUs")
 
 
 class ProxyModelConfig(BaseModel):
@@ -57,7 +55,7 @@ class ProxyModelConfig(BaseModel):
     vocab_size: int = Field(default=4096, ge=260, description="byte-level BPE vocabulary (256 bytes + merges + specials)")
     context: int = Field(default=256, ge=8, description="positions; also the max tokens per example")
     tokenizer_min_frequency: int = Field(default=2, ge=1)
-    sample_size: int = Field(default=20_000, ge=1, description="pool rows used to train the tokenizer and the model")
+    sample_size: int = Field(default=10_000, ge=1, description="pool rows used to train the tokenizer and the model")
     sample_seed: int = 42
     seed: int = 0
     epochs: int = Field(default=2, ge=1)
@@ -66,6 +64,7 @@ class ProxyModelConfig(BaseModel):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="autocast dtype while training")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ProxyModelConfig":
@@ -78,5 +77,5 @@ class ProxyModelConfig(BaseModel):
         return TrainConfig(
             mode="full", fraction=1.0, sample_seed=self.sample_seed, seed=self.seed, epochs=self.epochs,
             batch_size=self.batch_size, max_length=self.context, lr=self.lr, schedule="linear",
-            warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay, dtype=self.dtype,
         )

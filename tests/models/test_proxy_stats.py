@@ -154,6 +154,11 @@ def test_adam_preconditioned_projected_normalized_grads(lora_model):
     reference = torch.nn.functional.normalize(expected @ projector.dense(), dim=1).numpy()
     np.testing.assert_allclose(projected, reference, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(projected, axis=1), 1.0, atol=1e-5)
+    # Tiles made on the fly, projected chunk by chunk: the same vectors.
+    tiled = RademacherProjector(slow.shape[1], 16, seed=3, cache_bytes=0)
+    again = per_example_grads(model, examples[:5], adam_moments=moments, projector=tiled, normalize=True,
+                              chunk_size=2, project_buffer_bytes=0)
+    np.testing.assert_allclose(again, projected, atol=1e-5)
 
 
 def test_projection_is_seeded_and_blocked_equals_dense():

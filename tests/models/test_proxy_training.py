@@ -15,7 +15,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tamis.models.build import build_proxy  # noqa: E402
 from tamis.models.cache import cache_root  # noqa: E402
-from tamis.models.lm import encode_record, encode_records, load_causal_lm  # noqa: E402
+from tamis.models.lm import encode_record, encode_records, load_causal_lm, pad_batch, token_nll  # noqa: E402
 from tamis.models.stats import sequence_stats  # noqa: E402
 from tamis.models.train import TrainedProxy, finetune_proxy, select_slice, train_proxy  # noqa: E402
 from tamis.schemas.proxy import ProxyModelConfig, TrainConfig  # noqa: E402
@@ -267,3 +267,39 @@ def test_train_proxy_command_builds_warms_up_and_reuses(pool, tmp_path):
     assert "built proxy:" in again.output and again.output.count("(reused from cache)") == 2
     bad = CliRunner().invoke(app, [str(pool_file), "--mode", "half", "--cache-dir", str(tmp_path / "cache")])
     assert bad.exit_code == 2 and "mode" in bad.output
+
+
+def test_llama_style_folder_with_chat_template_warms_up_with_lora(built, pool, tmp_path):
+    """The path real users take: a local folder with another architecture and a chat template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tamis.models.stats import grad_param_names, per_example_grads
+
+    _, tok = load_causal_lm(str(built.final.path))
+    tok.chat_template = CHATML
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+    config = LORA.model_copy(update={"fraction": 0.2, "epochs": 1, "max_length": 128})
+    warmed = train_proxy(str(folder), pool, config, cache_dir=tmp_path / "cache", progress=False)
+    adapter = json.loads((warmed.final.path / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    model, tok = warmed.load(trainable=True)
+    examples = encode_records(tok, pool[:3], 128)
+    assert tok.decode([t for t, s in zip(examples[0].input_ids, examples[0].scored) if s]).endswith(".<|im_end|>\n")
+    names = grad_param_names(model)
+    grads = per_example_grads(model, examples)
+    named = dict(model.named_parameters())
+    for i, e in enumerate(examples):
+        model.zero_grad(set_to_none=True)
+        ids, mask, labels = pad_batch([e], tok.pad_token_id)
+        nll, scored = token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+        (nll.sum() / scored.sum()).backward()
+        reference = torch.cat([named[k].grad.reshape(-1) for k in names]).numpy()
+        assert np.abs(grads[i] - reference).max() < 1e-5
