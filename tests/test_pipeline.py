@@ -124,6 +124,12 @@ def test_reselect_changes_budget_without_scoring(tmp_path, pool, targets_dir, ti
         assert before.column(col).equals(after.column(col))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["resolved"]["budget"] == 0.25 and manifest["counts"]["selected"] == 60
+    food_only = tamis.reselect(str(tmp_path / "out"), 10, tasks=["food"])
+    table = read_shards(tmp_path / "out")
+    picked = table.filter(table.column("selected"))
+    assert food_only.counts["selected"] == 10 and all(t == ["food"] for t in picked.column("selected_for").to_pylist())
+    top10 = sorted(table.column("score_rds_food").to_pylist(), reverse=True)[9]
+    assert min(picked.column("score_rds_food").to_pylist()) >= top10
 
 
 def test_rerun_resumes_from_finished_shards(tmp_path, pool, targets_dir, tiny_encoder):

@@ -114,13 +114,14 @@ def reselect(
     budget: float = typer.Option(..., "--budget", help="rows to select: <1 a fraction, >=1 a count"),
     runner: str = typer.Option("DirectRunner", "--runner"),
     workers: int = typer.Option(1, "--workers"),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="select for these tasks only (repeatable)"),
 ):
     """Select again with a new budget, reusing the scores (no model runs)."""
     from ..pipeline.run import run_reselect
 
     ValidationError, error_line, user_errors = _user_errors()
     try:
-        summary = run_reselect(out, budget, runner=runner, workers=workers)
+        summary = run_reselect(out, budget, runner=runner, workers=workers, tasks=task or None)
     except ValidationError as e:
         fail(error_line(e))
     except user_errors as e:

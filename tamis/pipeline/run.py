@@ -306,22 +306,32 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
 
 
 def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers: int = 1,
-                 beam_args: list[str] | None = None) -> RunSummary:
-    """Select again on a finished run with a new budget, without scoring again."""
+                 beam_args: list[str] | None = None, tasks: list[str] | None = None) -> RunSummary:
+    """Select again on a finished run with a new budget, without scoring again.
+
+    ``tasks`` restricts the selection to some of the run's tasks (for example one task's top-k
+    from a run that scored several); by default the tasks the run was made with.
+    """
     out = out.rstrip("/")
     manifest = _read_json(f"{out}/manifest.json")
     if manifest is None:
         raise FileNotFoundError(f"{out}/manifest.json not found: is this a finished tamis run?")
     data = dict(manifest["config"], budget=budget, runner=runner, workers=workers, beam_args=beam_args or [])
     config = SelectConfig(**data)
-    ranking = Ranking({(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()},
-                      config.decontaminate)
+    columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
+    if tasks:
+        missing = set(tasks) - set(columns)
+        if missing:
+            raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
+        columns = {t: c for t, c in columns.items() if t in tasks}
+    ranking = Ranking(columns, config.decontaminate)
     t0 = time.perf_counter()
     select_pass(config, ranking, budget)
     counts = count_outputs(out)
     check_counts(counts)
     manifest["config"] = config.model_dump()
     manifest["resolved"]["budget"] = budget
+    manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
     manifest["counts"] = counts
     manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
     manifest["timings"]["reselect_s"] = time.perf_counter() - t0
