@@ -50,3 +50,12 @@ def test_evaluate_reports_every_arm_and_seed_and_reuses_trainings(run_dir, tmp_p
 def test_evaluate_rejects_unknown_baselines(run_dir):
     with pytest.raises(ValueError, match="unknown baselines"):
         evaluate_run(str(run_dir), {}, baselines=("oracle",))
+
+
+def test_report_embeds_plots_and_the_evaluate_table(run_dir):
+    from tamis.report import write_report
+
+    page = write_report(str(run_dir)).read_text()
+    assert page.count("data:image/png;base64,") >= 1 and "score_rds_animal" in page
+    assert "tamis evaluate" in page and "Held-out mean token loss" in page
+    assert "input = accepted + rejected: <b>holds</b>" in page

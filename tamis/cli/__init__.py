@@ -212,6 +212,18 @@ def evaluate(
     out_console.print(f"written {out.rstrip('/')}/evaluate.json ({results['total_s']:.0f}s)", highlight=False)
 
 
+@app.command()
+def report(out: str = typer.Argument(..., help="a run folder")):
+    """Write OUT/report.html: score plots, selection breakdowns and the evaluate table."""
+    from ..report import write_report
+
+    try:
+        path = write_report(out)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    out_console.print(f"written {path}", highlight=False)
+
+
 def _register_optional() -> None:
     """Commands from other layers, registered where their modules exist."""
     try:

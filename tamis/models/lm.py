@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .loading import load_tokenizer, resolve_model, torch_dtype
-from .text import clip_chars, render_plain
+from .text import clip_chars
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def plain_spans(messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """``render_plain`` text and the character spans of the assistant contents in it."""
+    """:func:`tamis.models.text.render_plain`'s text, built piece by piece to know where each
+    assistant content lies in it."""
     text, spans = "", []
     for i, m in enumerate(messages):
         if i:

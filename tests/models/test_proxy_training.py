@@ -15,8 +15,10 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tamis.models.build import build_proxy  # noqa: E402
 from tamis.models.cache import cache_root  # noqa: E402
-from tamis.models.lm import encode_record, encode_records, load_causal_lm, pad_batch, token_nll  # noqa: E402
+from tamis.models.lm import (  # noqa: E402
+    encode_record, encode_records, load_causal_lm, pad_batch, plain_spans, token_nll)
 from tamis.models.stats import sequence_stats  # noqa: E402
+from tamis.models.text import render_plain  # noqa: E402
 from tamis.models.train import TrainedProxy, finetune_proxy, select_slice, train_proxy  # noqa: E402
 from tamis.schemas.proxy import ProxyModelConfig, TrainConfig  # noqa: E402
 
@@ -162,6 +164,7 @@ def test_messages_score_assistant_tokens_only(built):
         {"role": "user", "content": "And cake?"},
         {"role": "assistant", "content": "A food like plum."}]}
     enc = encode_record(tok, record, 64)
+    assert plain_spans(record["messages"])[0] == render_plain(record)
     assert tok.decode(enc.input_ids) == ("user: Define the food \"rice\".\nassistant: A food like bread.\n"
                                          "user: And cake?\nassistant: A food like plum.<|endoftext|>")
     assert scored_text(tok, enc) == " A food like bread. A food like plum.<|endoftext|>"
