@@ -15,6 +15,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DEMO = Path(__file__).resolve().parents[1] / "tamis" / "demo"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _proxy_cache(tmp_path_factory):
+    """Trained proxies are cached per test session, never in the user's home."""
+    os.environ["TAMIS_CACHE"] = str(tmp_path_factory.mktemp("tamis_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _beam_tmp(tmp_path, monkeypatch):
     """Beam leaves temp folders in TMPDIR: keep them inside the test's own folder."""

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tamis.selectors import RunContext, Selector, registry
+from tamis.selectors import PoolSample, RunContext, Selector, registry
 
 from .conftest import demo_records
 
@@ -32,9 +32,12 @@ def targets(n=6):
 @pytest.fixture(scope="module", params=NAMES)
 def fitted(request):
     cls = registry.get(request.param)
-    selector = cls()
-    selector.setup(RunContext(max_length=64, batch_tokens=2048))
-    selector.fit(targets() if cls.needs_target else None)
+    selector = cls.from_params(cls.test_params())
+    context = RunContext(max_length=64, batch_tokens=2048)
+    tgt = targets() if cls.needs_target else None
+    prepared = selector.prepare(PoolSample(lambda: demo_records(200)), tgt, context)
+    selector.setup(context)
+    selector.fit(tgt, prepared)
     return selector
 
 
@@ -48,6 +51,7 @@ def test_parameters_are_explicit_and_round_trip(name):
     assert sel.get_params() == defaults
     clone = cls.from_params(sel.get_params())
     assert clone.get_params() == sel.get_params()
+    assert set(cls.test_params()) <= set(defaults)
     with pytest.raises(ValueError, match="has no parameter"):
         cls.from_params({"no_such_parameter": 1})
 

@@ -28,3 +28,11 @@ def test_round_robin_alternates_and_dedupes():
 def test_round_robin_stops_when_candidates_run_out():
     chosen = round_robin({"a": [(1.0, "p")], "b": [(1.0, "p")]}, 10)
     assert list(chosen) == ["p"]
+
+
+def test_offset_window_skips_the_hardest_fraction():
+    from tamis.pipeline.selection import merge_selection
+
+    top = [(None, [(float(10 - i), (0, -i), f"r{i}") for i in range(10)])]
+    chosen = merge_selection(top, 3, eligible=10, skip_top=0.2)
+    assert sorted(chosen, key=lambda r: chosen[r][0]) == ["r2", "r3", "r4"]

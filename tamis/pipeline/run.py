@@ -22,7 +22,7 @@ from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
 from .options import pipeline_options
 from .scoring import SelectorModelHandler, WriteShard
 from .selection import Ranking, selection_pipeline
-from .sources import expand, read_targets
+from .sources import expand, read_records, read_targets
 
 WORK = "_work"
 # Config keys that do not change any score: a run that differs only in these resumes.
@@ -158,15 +158,28 @@ def _metrics(result) -> dict[str, Any]:
     return out
 
 
+def run_context(config: SelectConfig) -> RunContext:
+    return RunContext(device=config.device, dtype=config.dtype, max_length=config.max_length,
+                      batch_tokens=config.batch_tokens, seed=config.seed, work_dir=f"{config.out.rstrip('/')}/{WORK}")
+
+
+def prepare_selectors(config: SelectConfig, selectors, targets) -> dict[str, dict]:
+    """Each selector's once-per-run preparation (proxy training, fits) on a pool sample."""
+    from ..selectors.base import PoolSample
+
+    pool = PoolSample(lambda: read_records(config.pool))
+    context = run_context(config)
+    return {s.name: s.prepare(pool, targets, context) or {} for s in selectors}
+
+
 def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
-               progress: bool) -> dict[str, Any]:
+               progress: bool, prepared: dict[str, dict] | None = None) -> dict[str, Any]:
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
 
-    context = RunContext(device=config.device, dtype=config.dtype, max_length=config.max_length,
-                         batch_tokens=config.batch_tokens, seed=config.seed,
-                         work_dir=f"{config.out.rstrip('/')}/{WORK}")
-    handler = SelectorModelHandler([(s.name, s.get_params()) for s in selectors], targets, context)
+    prepared = prepared or {}
+    handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name, {})) for s in selectors],
+                                   targets, run_context(config))
     target_keys = frozenset(content_key(r) for examples in (targets or {}).values() for r in examples)
     total = sum(f.n_chunks for f in files)
     pipeline = beam.Pipeline(options=pipeline_options(config))
@@ -273,13 +286,17 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     timings["plan_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    prepared = prepare_selectors(config, selectors, targets)
+    timings["prepare_s"] = time.perf_counter() - t1
+
+    t1 = time.perf_counter()
     planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
     reused = done & planned
-    metrics = score_pass(config, files, reused, targets, selectors, schema, progress)
+    metrics = score_pass(config, files, reused, targets, selectors, schema, progress, prepared)
     timings["score_s"] = time.perf_counter() - t1
 
     budget = config.budget if config.budget is not None else driver.default_budget
-    ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate)
+    ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate, driver.skip_top())
     t2 = time.perf_counter()
     metrics.update(select_pass(config, ranking, budget))
     timings["select_s"] = time.perf_counter() - t2
@@ -291,10 +308,12 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
         "tamis_manifest": 1,
         "config": config.model_dump(),
         "resolved": {"budget": budget, "select_by": config.driver, "tasks": sorted(targets or {}),
+                     "skip_top": ranking.skip_top,
                      "ranking_columns": {str(k): v for k, v in ranking.task_columns.items()},
                      "files": paths, "schema": [f"{f.name}: {f.type}" for f in schema]},
         "versions": _versions(),
         "models": {k: v for s in selectors for k, v in s.model_info().items()},
+        "prepared": prepared,
         "targets": {t: len(v) for t, v in (targets or {}).items()},
         "counts": counts,
         "chunks": {"planned": len(planned), "reused": len(reused), "computed": len(planned - reused)},
@@ -324,7 +343,7 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
         if missing:
             raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
         columns = {t: c for t, c in columns.items() if t in tasks}
-    ranking = Ranking(columns, config.decontaminate)
+    ranking = Ranking(columns, config.decontaminate, float(manifest["resolved"].get("skip_top", 0.0)))
     t0 = time.perf_counter()
     select_pass(config, ranking, budget)
     counts = count_outputs(out)

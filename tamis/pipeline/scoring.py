@@ -34,18 +34,18 @@ class LoadedSelectors(list):
 class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSelectors]):
     """Loads the run's selectors once per worker and scores whole chunks with them."""
 
-    def __init__(self, selectors: Sequence[tuple[str, dict]], targets: dict[str, list[dict]] | None,
+    def __init__(self, selectors: Sequence[tuple[str, dict, dict]], targets: dict[str, list[dict]] | None,
                  context: RunContext):
-        self._selectors = list(selectors)
+        self._selectors = list(selectors)  # (name, parameters, what its prepare step returned)
         self._targets = targets
         self._context = context
 
     def load_model(self) -> LoadedSelectors:
         models = LoadedSelectors()
-        for name, params in self._selectors:
+        for name, params, prepared in self._selectors:
             selector = registry.create(name, params)
             selector.setup(self._context)
-            selector.fit(self._targets)
+            selector.fit(self._targets, prepared)
             models.append(selector)
         return models
 

@@ -27,6 +27,7 @@ class Ranking:
 
     task_columns: dict[str | None, str]  # task (None when untargeted) -> score column
     exclude_matches_target: bool = True
+    skip_top: float = 0.0  # fraction of eligible rows left out from the top (offset window)
 
 
 def resolve_budget(budget: float, eligible: int) -> int:
@@ -125,9 +126,10 @@ def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: lis
     return eligible
 
 
-def merge_selection(top: list[tuple[str | None, list]], budget: float, eligible: int) -> dict:
-    k = resolve_budget(budget, eligible)
-    candidates = {task: [(s, rid) for s, _, rid in items] for task, items in top}
+def merge_selection(top: list[tuple[str | None, list]], budget: float, eligible: int, skip_top: float = 0.0) -> dict:
+    skip = math.floor(skip_top * eligible)
+    k = resolve_budget(budget, eligible - skip)
+    candidates = {task: [(s, rid) for s, _, rid in items][skip:] for task, items in top}
     return round_robin(candidates, k)
 
 
@@ -190,13 +192,14 @@ def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranki
                   | "LaterDuplicates" >> beam.FlatMap(later_duplicates))
     dup_list = beam.pvalue.AsList(duplicates)
     n_dups = duplicates | "CountDuplicates" >> beam.combiners.Count.Globally()
-    k_max = resolve_budget(budget, rows)  # an upper bound: the exact k needs the eligible count
+    # An upper bound: the exact k needs the eligible count, which the pipeline computes.
+    k_max = resolve_budget(budget, rows) + math.floor(ranking.skip_top * rows)
     eligible = rows_eligible(shards, ranking, dup_list)
     top = (shards
            | "Candidates" >> beam.ParDo(ShardCandidates(ranking, max(k_max, 1)), dup_list)
            | "TopPerTask" >> combiners.Top.LargestPerKey(max(k_max, 1))
            | "AllTasks" >> beam.combiners.ToList())
-    selection = top | "RoundRobin" >> beam.Map(merge_selection, budget, beam.pvalue.AsSingleton(eligible))
+    selection = top | "RoundRobin" >> beam.Map(merge_selection, budget, beam.pvalue.AsSingleton(eligible), ranking.skip_top)
     written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out), beam.pvalue.AsSingleton(selection), dup_list)
     return written, n_dups
 

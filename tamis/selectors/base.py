@@ -4,9 +4,12 @@ A selector is built from explicit keyword parameters (scikit-learn style: stored
 introspected by :meth:`Selector.get_params`), then goes through a fixed lifecycle that the
 pipeline drives once per worker:
 
-1. ``setup(context)``: load models (heavy imports go here, never at module import);
-2. ``fit(targets)``: prepare on the target examples (or on nothing, for untargeted selectors);
-3. ``score(records)``: score a batch of records, returning one float array per column.
+0. ``prepare(pool, targets, context)``: once per run, before any scoring, on the launching
+   machine: train or fit what every worker shares (proxy models, centroids) from a sample of
+   the pool, and return a small JSON-able dict of what workers need (paths, hashes);
+1. ``setup(context)``: load models once per worker (heavy imports go here, never at import);
+2. ``fit(targets, prepared)``: prepare on the target examples and the dict from ``prepare``;
+3. ``score(records)``: score a batch of records, returning one array per declared column.
 
 The pipeline owns reading, batching across workers, selection and writing; a selector only
 turns records into columns. To add one, subclass :class:`Selector`, give it a ``name``, and
@@ -15,6 +18,7 @@ register it (``tamis.selectors.registry`` or the ``tamis.selectors`` entry-point
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,6 +26,25 @@ import numpy as np
 import pyarrow as pa
 
 from ..schemas.output import score_column
+
+
+class PoolSample:
+    """What ``prepare`` may read of the pool: deterministic slices, drawn by a hash of each id.
+
+    The slice does not depend on file order or sharding, so every rerun trains on the same rows.
+    """
+
+    def __init__(self, read: "Callable[[], Iterable[dict]]"):
+        self._read = read
+
+    def sample(self, fraction: float = 1.0, max_examples: int | None = None, seed: int = 42) -> list[dict]:
+        """Valid pool records whose id hashes under ``fraction`` (at most ``max_examples``)."""
+        from ..models.train import select_slice
+
+        return select_slice(self._read(), fraction, max_examples, seed)
+
+    def __iter__(self):
+        return iter(self._read())
 
 
 @dataclass(frozen=True)
@@ -71,20 +94,36 @@ class Selector:
                 raise ValueError(f"selector {cls.name!r} has no parameter {key!r} (it takes: {', '.join(known) or 'none'})")
         return cls(**params)
 
+    @classmethod
+    def test_params(cls) -> dict[str, Any]:
+        """Parameters small enough for the conformance suite to run in seconds on a CPU
+        (tiny proxies, few steps). Real runs never use them."""
+        return {}
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def prepare(self, pool: PoolSample, targets: dict[str, list[dict]] | None, context: RunContext) -> dict:
+        """Once per run, before scoring: train or fit shared state; return what workers need.
+
+        Runs where the pipeline is launched. Anything expensive should go through a cache
+        keyed by its inputs (the proxy layer's cache does), so a rerun is cheap.
+        """
+        return {}
+
     def setup(self, context: RunContext) -> None:
         """Load models once per worker. Learned state gets a trailing underscore."""
         self.context_ = context
 
-    def fit(self, targets: dict[str, list[dict]] | None) -> "Selector":
-        """Prepare on the target examples (task -> records with an optional ``subtask``)."""
+    def fit(self, targets: dict[str, list[dict]] | None, prepared: dict | None = None) -> "Selector":
+        """Prepare on the target examples (task -> records with an optional ``subtask``) and on
+        the dict ``prepare`` returned."""
         if self.needs_target and not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
         self.tasks_ = self.task_names(targets)
+        self.prepared_ = prepared or {}
         return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
@@ -105,6 +144,11 @@ class Selector:
     def columns(self, tasks: list[str]) -> list[pa.Field]:
         """Every column this selector writes: its float32 score columns by default."""
         return [pa.field(c, pa.float32()) for c in self.score_columns(tasks).values()]
+
+    def skip_top(self) -> float:
+        """Fraction of the highest-scored eligible rows to leave out before taking the top-k
+        (EL2N/GraNd's offset window: the very top is often label noise). 0 by default."""
+        return 0.0
 
     def model_info(self) -> dict[str, dict]:
         """Models this selector used, for the manifest: name -> {"path", "sha256", ...}."""

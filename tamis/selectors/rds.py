@@ -61,8 +61,8 @@ class RDSSelector(Selector):
         index.add(vectors)
         return index
 
-    def fit(self, targets):
-        super().fit(targets)
+    def fit(self, targets, prepared=None):
+        super().fit(targets, prepared)
         self.indexes_ = {task: self._build_index(self._embed(targets[task])) for task in self.tasks_}
         return self
 
