@@ -33,10 +33,15 @@ def _figure(width=6.0, height=3.2, ncols=1):
     return plt.subplots(1, ncols, figsize=(width, height))
 
 
-def score_plots(table) -> list[tuple[str, str]]:
-    selected = table.column("selected").to_numpy(zero_copy_only=False)
+def score_plots(table, column_tasks: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Per score column: its distribution (rows selected for its task highlighted) and score
+    against rank. ``column_tasks`` maps a ranking column to its task."""
+    any_selected = table.column("selected").to_numpy(zero_copy_only=False)
+    selected_for = table.column("selected_for").to_pylist()
     out = []
     for name in [f.name for f in table.schema if f.name.startswith("score_")]:
+        task = (column_tasks or {}).get(name)
+        selected = np.array([task in t for t in selected_for]) if task else any_selected
         values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
         ok = ~np.isnan(values)
         fig, (ax1, ax2) = _figure(10, 3.2, ncols=2)
@@ -151,7 +156,8 @@ def write_report(out: str) -> Path:
     c = manifest["counts"]
     sections = [("Counts", "<table>" + "".join(f"<tr><td>{k}</td><td>{v:,}</td></tr>" for k, v in c.items()) + "</table>"
                  + f"<p>input = accepted + rejected: <b>{'holds' if c['input'] == c['accepted'] + c['rejected'] else 'BROKEN'}</b></p>")]
-    for name, img in score_plots(table):
+    column_tasks = {c: t for t, c in manifest["resolved"].get("ranking_columns", {}).items() if t != "None"}
+    for name, img in score_plots(table, column_tasks):
         sections.append((name, f"<img alt='{name}' src='{img}'>"))
     for title, img in (("Selection by source", source_plot(table)), ("Clusters", cluster_plot(table)),
                        ("Curriculum stages", stage_plot(table))):
