@@ -19,8 +19,8 @@ from ..schemas.records import content_key
 from ..selectors import registry
 from ..selectors.base import RunContext
 from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
-from .options import pipeline_options
-from .scoring import SelectorModelHandler, WriteShard
+from .options import check_options, pipeline_options
+from .scoring import SelectorModelHandler, WriteShard, models_used
 from .selection import Ranking, selection_pipeline
 from .sources import expand, read_records, read_targets
 
@@ -172,8 +172,9 @@ def prepare_selectors(config: SelectConfig, selectors, targets) -> dict[str, dic
     return {s.name: s.prepare(pool, targets, context) or {} for s in selectors}
 
 
-def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
-               progress: bool, prepared: dict[str, dict] | None = None) -> dict[str, Any]:
+def score_pipeline(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
+                   prepared: dict[str, dict] | None = None, pipeline=None):
+    """Pass 1's graph, built and not run (``tamis select --dry-run`` and the Flex Template use it too)."""
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
 
@@ -181,8 +182,7 @@ def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], tar
     handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name, {})) for s in selectors],
                                    targets, run_context(config))
     target_keys = frozenset(content_key(r) for examples in (targets or {}).values() for r in examples)
-    total = sum(f.n_chunks for f in files)
-    pipeline = beam.Pipeline(options=pipeline_options(config))
+    pipeline = pipeline or beam.Pipeline(options=pipeline_options(config))
     _ = (pipeline
          | "Files" >> beam.Create(files)
          | "ReadChunks" >> beam.ParDo(ReadChunks(frozenset(done)))
@@ -191,6 +191,13 @@ def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], tar
          | "AsBatch" >> beam.Map(lambda chunk: [chunk])
          | "Score" >> RunInference(handler.with_no_batching())
          | "WriteShards" >> beam.ParDo(WriteShard(config.out, schema)))
+    return pipeline
+
+
+def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
+               progress: bool, prepared: dict[str, dict] | None = None) -> dict[str, Any]:
+    pipeline = score_pipeline(config, files, done, targets, selectors, schema, prepared)
+    total = sum(f.n_chunks for f in files)
     with _Progress(config.out.rstrip("/"), total, len(done), progress and config.runner != "DataflowRunner"):
         result = pipeline.run()
         result.wait_until_finish()
@@ -271,10 +278,19 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def custom_rule(driver, prepared: dict, targets, config: SelectConfig) -> tuple | None:
+    """What pass 2 needs to rebuild the driving selector and run its own selection rule."""
+    if not driver.custom_selection:
+        return None
+    inputs = driver.selection_inputs(driver.task_names(targets))
+    return (driver.name, driver.get_params(), prepared.get(driver.name, {}), targets, run_context(config), inputs)
+
+
 def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     """Score and select: the whole ``tamis select`` run."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    check_options(config)  # before any work: a bad option fails here, not after the proxy training
     targets = read_targets(config.target) if config.target else None
     selectors = build_selectors(config, targets)
     driver = next(s for s in selectors if s.name == config.driver)
@@ -292,11 +308,13 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     t1 = time.perf_counter()
     planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
     reused = done & planned
-    metrics = score_pass(config, files, reused, targets, selectors, schema, progress, prepared)
+    # Nothing left to score (a finished or Flex-launched pass 1): only the selection runs.
+    metrics = score_pass(config, files, reused, targets, selectors, schema, progress, prepared) if planned - reused else {}
     timings["score_s"] = time.perf_counter() - t1
 
     budget = config.budget if config.budget is not None else driver.default_budget
-    ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate, driver.skip_top())
+    ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate, driver.skip_top(),
+                      custom_rule(driver, prepared, targets, config))
     t2 = time.perf_counter()
     metrics.update(select_pass(config, ranking, budget))
     timings["select_s"] = time.perf_counter() - t2
@@ -313,6 +331,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
                      "files": paths, "schema": [f"{f.name}: {f.type}" for f in schema]},
         "versions": _versions(),
         "models": {k: v for s in selectors for k, v in s.model_info().items()},
+        "worker_models": models_used(_list(f"{config.out.rstrip('/')}/shards/part-*.parquet")),
         "prepared": prepared,
         "targets": {t: len(v) for t, v in (targets or {}).items()},
         "counts": counts,
@@ -343,7 +362,10 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
         if missing:
             raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
         columns = {t: c for t, c in columns.items() if t in tasks}
-    ranking = Ranking(columns, config.decontaminate, float(manifest["resolved"].get("skip_top", 0.0)))
+    targets = read_targets(config.target) if config.target else None
+    driver = next(s for s in build_selectors(config, targets) if s.name == config.driver)
+    ranking = Ranking(columns, config.decontaminate, float(manifest["resolved"].get("skip_top", 0.0)),
+                      custom_rule(driver, manifest.get("prepared", {}), targets, config))
     t0 = time.perf_counter()
     select_pass(config, ranking, budget)
     counts = count_outputs(out)

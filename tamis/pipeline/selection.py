@@ -28,6 +28,8 @@ class Ranking:
     task_columns: dict[str | None, str]  # task (None when untargeted) -> score column
     exclude_matches_target: bool = True
     skip_top: float = 0.0  # fraction of eligible rows left out from the top (offset window)
+    # A selector with a rule of its own: (name, params, prepared, targets, context, input columns).
+    custom: tuple | None = None
 
 
 def resolve_budget(budget: float, eligible: int) -> int:
@@ -161,6 +163,10 @@ class RewriteShard(beam.DoFn):
             table = table.filter(pa.array(keep))
         ids = table.column("id").to_pylist()
         picked = [selection.get(rid) for rid in ids]
+        for field in {f for p in picked if p is not None and len(p) > 2 for f in p[2]}:
+            i = table.schema.get_field_index(field)
+            table = table.set_column(i, table.schema.field(field),
+                                     pa.array([p[2].get(field) if p else None for p in picked], table.schema.field(field).type))
         table = table.set_column(table.schema.get_field_index("selected"), table.schema.field("selected"),
                                  pa.array([p is not None for p in picked], pa.bool_()))
         table = table.set_column(table.schema.get_field_index("rank"), table.schema.field("rank"),
@@ -195,13 +201,55 @@ def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranki
     # An upper bound: the exact k needs the eligible count, which the pipeline computes.
     k_max = resolve_budget(budget, rows) + math.floor(ranking.skip_top * rows)
     eligible = rows_eligible(shards, ranking, dup_list)
-    top = (shards
-           | "Candidates" >> beam.ParDo(ShardCandidates(ranking, max(k_max, 1)), dup_list)
-           | "TopPerTask" >> combiners.Top.LargestPerKey(max(k_max, 1))
-           | "AllTasks" >> beam.combiners.ToList())
-    selection = top | "RoundRobin" >> beam.Map(merge_selection, budget, beam.pvalue.AsSingleton(eligible), ranking.skip_top)
+    if ranking.custom is not None:
+        selection = (shards
+                     | "GatherInputs" >> beam.ParDo(EligibleColumns(ranking), dup_list)
+                     | "AllRows" >> beam.combiners.ToList()
+                     | "CustomSelect" >> beam.Map(custom_selection, ranking.custom, budget))
+    else:
+        top = (shards
+               | "Candidates" >> beam.ParDo(ShardCandidates(ranking, max(k_max, 1)), dup_list)
+               | "TopPerTask" >> combiners.Top.LargestPerKey(max(k_max, 1))
+               | "AllTasks" >> beam.combiners.ToList())
+        selection = top | "RoundRobin" >> beam.Map(merge_selection, budget, beam.pvalue.AsSingleton(eligible),
+                                                   ranking.skip_top)
     written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out), beam.pvalue.AsSingleton(selection), dup_list)
     return written, n_dups
+
+
+class EligibleColumns(beam.DoFn):
+    """A shard's eligible rows, ``id`` and the custom rule's input columns only."""
+
+    def __init__(self, ranking: Ranking):
+        self.ranking = ranking
+
+    def process(self, item: tuple[int, str], duplicates: list):
+        index, path = item
+        columns = ["id", *ranking_inputs(self.ranking)]
+        table = read_columns(path, sorted(set(columns) | {"matches_target"}))
+        yield table.filter(pa.array(eligible_rows(table, index, self.ranking, duplicates))).select(columns)
+
+
+def ranking_inputs(ranking: Ranking) -> list[str]:
+    return list(ranking.custom[5])
+
+
+def custom_selection(tables: list[pa.Table], custom: tuple, budget: float) -> dict:
+    """Run the driving selector's own rule over every eligible row; id -> (rank, [], extra fields)."""
+    from ..selectors import registry
+
+    name, params, prepared, targets, context, _ = custom
+    selector = registry.create(name, params)
+    selector.setup(context)
+    selector.fit(targets, prepared)
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or table.num_rows == 0:
+        return {}
+    chosen = selector.select(table, resolve_budget(budget, table.num_rows), context)
+    extra = [f.name for f in selector.selection_fields()]
+    ids = chosen.column("id").to_pylist()
+    values = {f: chosen.column(f).to_pylist() for f in extra}
+    return {rid: (rank, [], {f: values[f][i] for f in extra}) for i, (rank, rid) in enumerate(enumerate(ids, start=1))}
 
 
 def rows_eligible(shards, ranking: Ranking, dup_list):

@@ -145,6 +145,26 @@ class Selector:
         """Every column this selector writes: its float32 score columns by default."""
         return [pa.field(c, pa.float32()) for c in self.score_columns(tasks).values()]
 
+    #: True when the selector picks rows by a rule of its own (``select``) instead of top-k.
+    custom_selection: ClassVar[bool] = False
+
+    def selection_inputs(self, tasks: list[str]) -> list[str]:
+        """Columns ``select`` reads (besides ``id``): by default this selector's own columns."""
+        return [f.name for f in self.columns(tasks)]
+
+    def selection_fields(self) -> list[pa.Field]:
+        """Columns set at selection time (for example the selection round); written null by
+        scoring and filled by ``select``. Declare them in ``columns`` too."""
+        return []
+
+    def select(self, table: pa.Table, k: int, context: RunContext) -> pa.Table:
+        """A selection rule of the selector's own. ``table`` holds ``id`` and
+        ``selection_inputs`` for every eligible row (gathered in one place: ids and a few small
+        columns). Return the chosen rows as a table with ``id`` in rank order (best first),
+        at most ``k`` of them, plus any ``selection_fields``. Called only when
+        ``custom_selection`` is True, after ``prepare`` and ``fit``."""
+        raise NotImplementedError
+
     def skip_top(self) -> float:
         """Fraction of the highest-scored eligible rows to leave out before taking the top-k
         (EL2N/GraNd's offset window: the very top is often label noise). 0 by default."""
