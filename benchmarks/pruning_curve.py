@@ -6,7 +6,8 @@ selectors' default head, epochs and number of runs); then a fresh small MLP (sci
 ``MLPClassifier``) is trained on the kept examples and its test accuracy reported.
 
 Two conditions by default: clean labels, and 10% of the training labels flipped (test labels
-stay clean), where the offset window is meant to help. Arms, at each kept fraction: the highest EL2N and GraNd scores (the paper's ``keep_max_scores``);
+stay clean), where the offset window is meant to help. Arms, at each kept fraction: the highest
+EL2N and GraNd scores (the paper's ``keep_max_scores``);
 the same with the selectors' offset window (the hardest ``skip_hardest`` of the pool left out
 first, the window sliding down so exactly the kept count remains); and a random subset.
 Prints a table, writes benchmarks/results/pruning_curve.json and draws pruning_curve.png.

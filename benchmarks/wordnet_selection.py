@@ -37,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--selector", default="rds")
     ap.add_argument("--param", action="append", default=[])
+    ap.add_argument("--select-args", default="", help="more `tamis select` flags, e.g. '--max-length 128'")
     ap.add_argument("--bench", default=str(Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=0.05)
@@ -57,6 +58,7 @@ def main() -> None:
             cmd += ["--target", f"{task}={bench / 'targets' / task / 'dev.jsonl'}"]
         for p in a.param:
             cmd += ["--param", p]
+        cmd += a.select_args.split()
         run = timed(cmd)
         print(run["stdout"])
         result["select"] = {k: v for k, v in run.items() if k != "stdout"}

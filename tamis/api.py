@@ -52,11 +52,14 @@ def _shard_files(out: str) -> list[str]:
     return files
 
 
-def load_selected(out: str, task: str | None = None):
+def load_selected(out: str, task: str | None = None, curriculum: bool = False):
     """The selected rows of a run as a ``datasets.Dataset``, in rank order (1 = best).
 
-    With ``task``, only rows selected for that task. The shards are plain Parquet, so
-    ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")`` reads every row.
+    With ``task``, only rows selected for that task. With ``curriculum``, the rows come easiest
+    first instead: by ``curriculum_stage``, then ``difficulty``, then rank (the ``irt`` selector
+    writes both columns; :class:`tamis.curriculum.CurriculumSampler` schedules them). The shards
+    are plain Parquet, so ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")``
+    reads every row.
     """
     import datasets
     import pyarrow as pa
@@ -67,5 +70,12 @@ def load_selected(out: str, task: str | None = None):
     mask = table.column("selected")
     if task is not None:
         mask = pc.and_(mask, pa.array([task in v for v in table.column("selected_for").to_pylist()]))
-    table = table.filter(mask).sort_by([("rank", "ascending")])
+    order = [("rank", "ascending")]
+    if curriculum:
+        missing = [c for c in ("curriculum_stage", "difficulty") if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{out} has no {' or '.join(missing)} column: curriculum order needs a run "
+                             "with the irt selector (--selector irt)")
+        order = [("curriculum_stage", "ascending"), ("difficulty", "ascending")] + order
+    table = table.filter(mask).sort_by(order)
     return datasets.Dataset(table.replace_schema_metadata(None))

@@ -75,6 +75,7 @@ def select(
     workers: Optional[int] = typer.Option(None, "--workers", help="local worker processes"),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="replace a run with another config in --out"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check the options and build the pipeline; read and run nothing"),
 ):
     """Score a pool with selectors and write shards, rejects and a manifest to --out.
 
@@ -99,6 +100,15 @@ def select(
         fail(error_line(e))
     except user_errors as e:
         fail(str(e).strip("'\""))
+    if dry_run:
+        from ..pipeline.launch import dry_run as check_run
+
+        try:
+            plan = check_run(cfg)
+        except user_errors as e:
+            fail(str(e).strip("'\""))
+        out_console.print("\n".join(plan.lines()), highlight=False, markup=False, soft_wrap=True)
+        return
     try:
         summary = run_select(cfg, progress=progress and sys.stderr.isatty())
     except user_errors as e:

@@ -73,3 +73,83 @@ def load_backbone(name_or_path: str, device: str = "cpu", dtype: str = "float32"
     model.to(torch.device(device))
     model.eval()
     return model
+
+
+# -- model files on shared storage ---------------------------------------------------------------
+
+MODEL_CACHE_ENV = "TAMIS_MODEL_CACHE"
+
+
+def is_remote(path: str) -> bool:
+    """True for a URI on a Beam filesystem other than this machine's disk (gs://, s3://, hdfs://)."""
+    return "://" in path and not path.startswith("file://")
+
+
+def model_cache_root() -> Path:
+    """Where workers keep local copies of remote models: ``$TAMIS_MODEL_CACHE``, else
+    ``$TAMIS_CACHE/models``, else ``~/.cache/tamis/models``."""
+    if os.environ.get(MODEL_CACHE_ENV):
+        root = Path(os.environ[MODEL_CACHE_ENV])
+    elif os.environ.get("TAMIS_CACHE"):
+        root = Path(os.environ["TAMIS_CACHE"]) / "models"
+    else:
+        root = Path.home() / ".cache" / "tamis" / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _remote_files(uri: str) -> list:
+    """Beam FileMetadata of every file under a remote folder, or of the one file at ``uri``."""
+    from apache_beam.io.filesystems import FileSystems
+
+    base = uri.rstrip("/")
+    found = [m for r in FileSystems.match([base + "/**"]) for m in r.metadata_list]
+    if not found:
+        found = [m for r in FileSystems.match([base]) for m in r.metadata_list]
+    if not found:
+        raise FileNotFoundError(f"model {uri!r}: no files there")
+    return sorted(found, key=lambda m: m.path)
+
+
+def localize(path: str) -> str:
+    """A local path for a model: remote URIs are copied once per machine, anything else is returned as is.
+
+    A folder (or single file) on any Beam filesystem (``gs://``, ``s3://``, ...) is copied into
+    :func:`model_cache_root`, under a name hashed from the URI and its file listing (names, sizes,
+    times), so a model replaced at the same URI gets a fresh copy. A lock makes concurrent worker
+    processes wait for one copy, and the copy is renamed into place only when whole, so a killed
+    copy is never loaded. Hub ids, aliases and local paths need no copy.
+    """
+    if not is_remote(path):
+        return path
+    import json
+    import shutil
+
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    from .cache import key_lock
+
+    base = path.rstrip("/")
+    name = base.rsplit("/", 1)[-1]
+    files = _remote_files(path)
+    single = len(files) == 1 and files[0].path.rstrip("/") == base
+    listing = [(m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files]
+    key = hashlib.sha256(json.dumps([base, listing], default=str).encode()).hexdigest()[:20]
+    root = model_cache_root()
+    dest = root / key
+    local = str(dest / name) if single else str(dest)
+    if dest.exists():
+        return local
+    with key_lock(root, key):
+        if dest.exists():  # another process on this machine copied it while we waited
+            return local
+        partial = root / f".{key}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        for m in files:
+            target = partial / (name if single else m.path[len(base):].lstrip("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        os.replace(partial, dest)
+    return local

@@ -21,7 +21,7 @@ from ..selectors.base import RunContext
 from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
 from .options import check_options, pipeline_options
 from .scoring import SelectorModelHandler, WriteShard, models_used
-from .selection import Ranking, selection_pipeline
+from .selection import SELECTION_REPORT, Ranking, selection_pipeline
 from .sources import expand, read_records, read_targets
 
 WORK = "_work"
@@ -208,6 +208,9 @@ def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[s
     import apache_beam as beam
 
     out = config.out.rstrip("/")
+    report = f"{out}/{WORK}/{SELECTION_REPORT}"
+    if _fs().exists(report):  # from an earlier selection: never merged into this one's manifest
+        _fs().delete([report])
     shards = _list(f"{out}/shards/part-*.parquet")
     if not shards:
         return {}
@@ -278,6 +281,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _merge_selection_report(manifest: dict, out: str) -> None:
+    """A custom selection rule's report (per-round weights and the like), when it wrote one."""
+    report = _read_json(f"{out.rstrip('/')}/{WORK}/{SELECTION_REPORT}")
+    if report is not None:
+        manifest["selection_report"] = report
+    else:
+        manifest.pop("selection_report", None)
+
+
 def custom_rule(driver, prepared: dict, targets, config: SelectConfig) -> tuple | None:
     """What pass 2 needs to rebuild the driving selector and run its own selection rule."""
     if not driver.custom_selection:
@@ -296,6 +308,11 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     driver = next(s for s in selectors if s.name == config.driver)
     columns = [c for s in selectors for c in s.columns(s.task_names(targets))]
     schema = output_schema(columns)
+    missing = sorted(set(driver.selection_inputs(driver.task_names(targets))) - set(schema.names)) \
+        if driver.custom_selection else []
+    if missing:
+        raise ValueError(f"selector {driver.name!r} selects by column(s) {missing} that no selector in this run "
+                         f"writes (columns: {', '.join(schema.names)})")
     paths = expand(config.pool)
     files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
     done = _prepare_out(config, scoring_key(config, paths))
@@ -339,6 +356,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
         "timings": timings,
         "metrics": metrics,
     }
+    _merge_selection_report(manifest, config.out)
     _write_json(f"{config.out.rstrip('/')}/manifest.json", manifest)
     return RunSummary(config.out, counts, timings, manifest["chunks"], manifest)
 
@@ -376,5 +394,6 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
     manifest["counts"] = counts
     manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
     manifest["timings"]["reselect_s"] = time.perf_counter() - t0
+    _merge_selection_report(manifest, out)
     _write_json(f"{out}/manifest.json", manifest)
     return RunSummary(out, counts, manifest["timings"], manifest.get("chunks", {}), manifest)

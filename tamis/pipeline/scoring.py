@@ -25,6 +25,8 @@ from .chunks import NAMESPACE, ValidChunk
 
 # Parquet key-value metadata that makes each shard self-describing for the counts.
 META_LINES = b"tamis.lines"
+# JSON of the models the worker that scored a shard loaded (path, sha256, host): see worker_models().
+META_MODELS = b"tamis.models"
 
 
 class LoadedSelectors(list):
@@ -47,6 +49,7 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
             selector.setup(self._context)
             selector.fit(self._targets, prepared)
             models.append(selector)
+        models.info = worker_models(models)
         return models
 
     def run_inference(self, batch: Sequence[ValidChunk], model: LoadedSelectors,
@@ -59,13 +62,48 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
                     columns.update(selector.score(chunk.records))
             Metrics.counter(NAMESPACE, "scored").inc(len(chunk.records))
             Metrics.distribution(NAMESPACE, "score_ms_per_chunk").update(int(1000 * (time.perf_counter() - start)))
-            yield PredictionResult(chunk, columns)
+            yield PredictionResult(chunk, columns, getattr(model, "info", None))
 
     def get_num_bytes(self, batch: Sequence[ValidChunk]) -> int:
         return sum(len(c.records) for c in batch)
 
     def get_metrics_namespace(self) -> str:
         return "tamis_inference"
+
+
+def worker_models(selectors: Sequence[Selector]) -> str:
+    """JSON of what this worker loaded (each selector's ``model_info`` after setup) and where.
+
+    Every shard carries it in its Parquet metadata, so the manifest can say which copy of each
+    model (path, sha256) scored which shards on which machine, on any runner.
+    """
+    import json
+    import socket
+
+    info: dict[str, Any] = {}
+    for selector in selectors:
+        try:
+            info.update(selector.model_info())
+        except Exception as e:  # a report must never stop scoring
+            info[selector.name] = {"error": f"model_info failed: {e}"}
+    return json.dumps({"host": socket.gethostname(), "models": info}, sort_keys=True, default=str)
+
+
+def models_used(shard_paths: Sequence[str]) -> list[dict]:
+    """Each distinct (host, models loaded) of the workers that wrote these shards, with a shard count."""
+    import json
+
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    counts: dict[str, int] = {}
+    for path in shard_paths:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            raw = (pq.read_metadata(f).metadata or {}).get(META_MODELS)
+        if raw:
+            counts[raw.decode()] = counts.get(raw.decode(), 0) + 1
+    return [dict(json.loads(k), shards=n) for k, n in sorted(counts.items())]
 
 
 def write_parquet(table: pa.Table, path: str, metadata: dict[bytes, bytes] | None = None) -> None:
@@ -127,6 +165,9 @@ class WriteShard(beam.DoFn):
             write_parquet(pa.Table.from_pylist(chunk.rejects, schema=REJECT_SCHEMA),
                           f"{self.out}/rejects/{chunk.name}.parquet")
         table = shard_table(chunk, result.inference, self.schema)
-        write_parquet(table, f"{self.out}/shards/{chunk.name}.parquet", {META_LINES: str(chunk.lines).encode()})
+        metadata = {META_LINES: str(chunk.lines).encode()}
+        if result.model_id:
+            metadata[META_MODELS] = result.model_id.encode()
+        write_parquet(table, f"{self.out}/shards/{chunk.name}.parquet", metadata)
         Metrics.distribution(NAMESPACE, "write_ms_per_chunk").update(int(1000 * (time.perf_counter() - start)))
         yield chunk.name

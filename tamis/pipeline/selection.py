@@ -20,6 +20,10 @@ import pyarrow.compute as pc
 from ..schemas.output import REJECT_SCHEMA
 from .scoring import write_parquet
 
+# A custom rule's report (JSON bytes in the returned table's schema metadata) and its file in the work folder.
+SELECTION_REPORT_KEY = b"tamis.selection_report"
+SELECTION_REPORT = "selection_report.json"
+
 
 @dataclass(frozen=True)
 class Ranking:
@@ -138,8 +142,9 @@ def merge_selection(top: list[tuple[str | None, list]], budget: float, eligible:
 class RewriteShard(beam.DoFn):
     """Set the selection columns of one shard; move later duplicates of an id to the rejects."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, fields: tuple[str, ...] = ()):
         self.out = out.rstrip("/")
+        self.fields = tuple(fields)  # the driver's selection fields: rewritten in every shard (null unless picked)
 
     def process(self, item: tuple[int, str], selection: dict, duplicates: list):
         import pyarrow.parquet as pq
@@ -163,7 +168,7 @@ class RewriteShard(beam.DoFn):
             table = table.filter(pa.array(keep))
         ids = table.column("id").to_pylist()
         picked = [selection.get(rid) for rid in ids]
-        for field in {f for p in picked if p is not None and len(p) > 2 for f in p[2]}:
+        for field in set(self.fields) | {f for p in picked if p is not None and len(p) > 2 for f in p[2]}:
             i = table.schema.get_field_index(field)
             table = table.set_column(i, table.schema.field(field),
                                      pa.array([p[2].get(field) if p else None for p in picked], table.schema.field(field).type))
@@ -205,7 +210,7 @@ def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranki
         selection = (shards
                      | "GatherInputs" >> beam.ParDo(EligibleColumns(ranking), dup_list)
                      | "AllRows" >> beam.combiners.ToList()
-                     | "CustomSelect" >> beam.Map(custom_selection, ranking.custom, budget))
+                     | "CustomSelect" >> beam.Map(custom_selection, ranking.custom, budget, shard_paths))
     else:
         top = (shards
                | "Candidates" >> beam.ParDo(ShardCandidates(ranking, max(k_max, 1)), dup_list)
@@ -213,7 +218,8 @@ def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranki
                | "AllTasks" >> beam.combiners.ToList())
         selection = top | "RoundRobin" >> beam.Map(merge_selection, budget, beam.pvalue.AsSingleton(eligible),
                                                    ranking.skip_top)
-    written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out), beam.pvalue.AsSingleton(selection), dup_list)
+    written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out, selection_field_names(ranking)),
+                                               beam.pvalue.AsSingleton(selection), dup_list)
     return written, n_dups
 
 
@@ -234,8 +240,42 @@ def ranking_inputs(ranking: Ranking) -> list[str]:
     return list(ranking.custom[5])
 
 
-def custom_selection(tables: list[pa.Table], custom: tuple, budget: float) -> dict:
-    """Run the driving selector's own rule over every eligible row; id -> (rank, [], extra fields)."""
+def selection_field_names(ranking: Ranking) -> tuple[str, ...]:
+    """The columns the driving selector sets at selection time (none for plain top-k)."""
+    if ranking.custom is None:
+        return ()
+    from ..selectors import registry
+
+    return tuple(f.name for f in registry.create(ranking.custom[0], ranking.custom[1]).selection_fields())
+
+
+class ShardRows:
+    """Whole records by id, read from the run's shards: for a rule that trains on its picks."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+
+    def __call__(self, ids: list[str]) -> list[dict]:
+        wanted = pa.array(sorted(set(ids)), pa.string())
+        found: dict[str, dict] = {}
+        for path in self.paths:
+            table = read_columns(path, ["id", "messages", "text", "extra"])
+            for row in table.filter(pc.is_in(table.column("id"), value_set=wanted)).to_pylist():
+                found.setdefault(row["id"], row)  # a later duplicate of an id is never eligible
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"ids not in the shards: {missing[:5]}")
+        return [found[i] for i in ids]
+
+
+def custom_selection(tables: list[pa.Table], custom: tuple, budget: float, shard_paths: list[str] = ()) -> dict:
+    """Run the driving selector's own rule over every eligible row; id -> (rank, [], extra fields).
+
+    Before ``select`` the selector gets ``pool_rows_``, a :class:`ShardRows` over the shards
+    (ids -> records), for rules that need whole records. A JSON report that ``select`` attaches to
+    the returned table's schema metadata under ``SELECTION_REPORT_KEY`` is written to
+    ``{work_dir}/selection_report.json``, which the run merges into its manifest.
+    """
     from ..selectors import registry
 
     name, params, prepared, targets, context, _ = custom
@@ -245,7 +285,14 @@ def custom_selection(tables: list[pa.Table], custom: tuple, budget: float) -> di
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
         return {}
+    selector.pool_rows_ = ShardRows(shard_paths)
     chosen = selector.select(table, resolve_budget(budget, table.num_rows), context)
+    report = (chosen.schema.metadata or {}).get(SELECTION_REPORT_KEY)
+    if report is not None and context.work_dir:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(f"{context.work_dir.rstrip('/')}/{SELECTION_REPORT}") as f:
+            f.write(report)
     extra = [f.name for f in selector.selection_fields()]
     ids = chosen.column("id").to_pylist()
     values = {f: chosen.column(f).to_pylist() for f in extra}

@@ -34,10 +34,12 @@ class RDSSelector(Selector):
 
     def setup(self, context: RunContext) -> None:
         from ..models.embedder import HiddenStateEmbedder
+        from ..models.loading import localize
 
         super().setup(context)
+        self.model_path_ = localize(self.model)  # a gs:// or s3:// model is copied to this machine once
         self.embedder_ = HiddenStateEmbedder(
-            self.model, pooling=self.pooling, max_length=context.max_length,
+            self.model_path_, pooling=self.pooling, max_length=context.max_length,
             batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
             trust_remote_code=self.trust_remote_code,
         )
@@ -77,5 +79,6 @@ class RDSSelector(Selector):
     def model_info(self) -> dict[str, dict]:
         from ..models.loading import fingerprint, resolve_model
 
-        return {"rds.embedder": {"model": self.model, "path": resolve_model(self.model),
-                                 "sha256": fingerprint(self.model), "pooling": self.pooling}}
+        path = getattr(self, "model_path_", self.model)  # after setup: the copy this worker loaded
+        return {"rds.embedder": {"model": self.model, "path": resolve_model(path),
+                                 "sha256": fingerprint(path), "pooling": self.pooling}}

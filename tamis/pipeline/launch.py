@@ -1,0 +1,162 @@
+"""Launches that do not run a whole selection here: ``--dry-run`` and the Dataflow Flex Template.
+
+:func:`dry_run` checks the options and builds both passes' graphs (Beam pickles every DoFn and
+the model handler into the portable proto) without reading data or contacting a service.
+
+:func:`submit_score_pass` is what the Flex Template's launcher runs. A Flex launcher captures
+the one job its program submits and needs the program to exit without waiting, so it plans,
+prepares and submits pass 1 only. Rerunning the same ``tamis select`` once that job is done
+reuses every shard and runs only the cheap selection pass and the manifest.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from ..schemas.config import SelectConfig
+from .options import beam_argv, check_options, resolved_options
+
+
+@dataclass
+class DryRun:
+    """What ``tamis select --dry-run`` found: the options as Beam parsed them and the graphs."""
+
+    runner: str
+    options: dict
+    columns: dict[str, list[str]]  # selector -> its output columns
+    transforms: dict[str, int]  # pass -> transforms in its portable graph
+    graph_bytes: int  # both graphs as portable protos (pickled DoFns included)
+
+    def option_flags(self) -> list[str]:
+        flags = []
+        for key, value in self.options.items():
+            for v in value if isinstance(value, list) else [value]:
+                flags.append(f"--{key}" if v is True else f"--{key}={v}")
+        return flags
+
+    def lines(self) -> list[str]:
+        return [
+            "dry run: options and pipeline are valid; nothing was read or submitted",
+            f"  runner: {self.runner}",
+            "  beam options: " + " ".join(self.option_flags()),
+            "  selectors: " + "; ".join(f"{name} -> {', '.join(cols)}" for name, cols in self.columns.items()),
+            f"  graph: score pass {self.transforms['score']} transforms, selection pass {self.transforms['select']}, "
+            f"{self.graph_bytes / 1024:.0f} KiB as portable protos",
+        ]
+
+
+def dry_run(config: SelectConfig) -> DryRun:
+    """Check the options and build both pipelines (no data read, no job submitted)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+
+    from ..schemas.output import output_schema
+    from .chunks import InputFile
+    from .run import build_selectors, custom_rule, score_pipeline
+    from .selection import Ranking, selection_pipeline
+
+    options = check_options(config)
+    tasks = dict(config.target) or None  # task names only: no target file is read
+    selectors = build_selectors(config, tasks)
+    columns = {s.name: [f.name for f in s.columns(s.task_names(tasks))] for s in selectors}
+    schema = output_schema([c for s in selectors for c in s.columns(s.task_names(tasks))])
+
+    def pipeline():
+        probe = PipelineOptions(beam_argv(config.runner, config.workers, config.beam_args))
+        probe.view_as(TestOptions).dry_run = True  # Beam's own checks make no cloud calls
+        return beam.Pipeline(options=probe)
+
+    # Pool patterns stand in for the files they match: listing them could need cloud access.
+    files = [InputFile(i, p, 0, config.shard_rows) for i, p in enumerate(config.pool)]
+    targets = {t: [] for t in tasks} if tasks else None
+    score = score_pipeline(config, files, set(), targets, selectors, schema, pipeline=pipeline())
+    driver = next(s for s in selectors if s.name == config.driver)
+    ranking = Ranking(driver.score_columns(driver.task_names(tasks)), config.decontaminate, driver.skip_top(),
+                      custom_rule(driver, {}, targets, config))
+    select = pipeline()
+    selection_pipeline(select, config.out.rstrip("/"), [f"{config.out.rstrip('/')}/shards/part-0000-00000.parquet"],
+                       ranking, config.budget if config.budget is not None else driver.default_budget, 1)
+    protos = {"score": score.to_runner_api(), "select": select.to_runner_api()}
+    return DryRun(config.runner, resolved_options(options), columns,
+                  {k: len(p.components.transforms) for k, p in protos.items()},
+                  sum(p.ByteSize() for p in protos.values()))
+
+
+def submit_score_pass(config: SelectConfig):
+    """Plan, prepare and submit pass 1 without waiting; returns Beam's PipelineResult."""
+    from ..schemas.output import output_schema
+    from .chunks import InputFile, count_lines
+    from .run import _prepare_out, build_selectors, prepare_selectors, score_pipeline, scoring_key
+    from .sources import expand, read_targets
+
+    check_options(config)
+    targets = read_targets(config.target) if config.target else None
+    selectors = build_selectors(config, targets)
+    schema = output_schema([c for s in selectors for c in s.columns(s.task_names(targets))])
+    paths = expand(config.pool)
+    files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
+    done = _prepare_out(config, scoring_key(config, paths))
+    prepared = prepare_selectors(config, selectors, targets)
+    planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
+    return score_pipeline(config, files, done & planned, targets, selectors, schema, prepared).run()
+
+
+# Flex Template parameters that are lists: comma-separated in one value.
+_LIST_KEYS = {"pool", "selector"}
+_PAIR_KEYS = {"target", "param"}
+
+
+def flex_config(argv: list[str]) -> SelectConfig:
+    """A SelectConfig from a Flex launcher's ``--name=value`` arguments.
+
+    tamis keys (metadata.json's parameters; ``config`` a YAML on any Beam filesystem) are
+    taken out, everything else is a Beam option; the runner defaults to DataflowRunner.
+    """
+    import yaml
+    from apache_beam.io.filesystems import FileSystems
+
+    from ..api import load_config
+    from ..schemas.config import parse_param_pairs, parse_target_pairs
+
+    keys = set(SelectConfig.model_fields) - {"beam_args"} | {"config"}
+    values: dict[str, str] = {}
+    beam_args: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].removeprefix("--").partition("=")
+        if argv[i].startswith("--") and name in keys:
+            if not eq:  # "--name value"
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            values[name] = value
+        else:
+            beam_args.append(argv[i])
+        i += 1
+    base = None
+    if "config" in values:
+        with FileSystems.open(values.pop("config")) as f:
+            base = yaml.safe_load(f.read().decode("utf-8")) or {}
+    overrides: dict = {}
+    for name, value in values.items():
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        if name in _LIST_KEYS:
+            overrides[name] = parts
+        elif name == "target":
+            overrides[name] = parse_target_pairs(parts)
+        elif name == "param":
+            overrides[name] = parse_param_pairs(parts)
+        else:
+            overrides[name] = value
+    overrides.setdefault("runner", "DataflowRunner")
+    return load_config(base, **overrides, beam_args=beam_args)
+
+
+def flex_main(argv: list[str] | None = None) -> None:
+    """The Flex Template's entry point: submit pass 1 and exit (see the module docstring)."""
+    import logging
+
+    logging.getLogger().setLevel(logging.INFO)
+    config = flex_config(list(sys.argv[1:] if argv is None else argv))
+    submit_score_pass(config)
+    print(f"tamis: pass 1 submitted; when it is done, rerun `tamis select` with the same pool, targets and "
+          f"--out {config.out} to select and write the manifest")

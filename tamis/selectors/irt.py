@@ -1,0 +1,479 @@
+"""IRT difficulty (PUDF's IRT-AC, Meng et al.): how hard each example is for a crowd of models.
+
+A crowd of subjects answers every example right or wrong; an item response model turns the
+answers into a difficulty b per example, on the logit scale of the subjects' abilities theta
+(see :mod:`tamis.irt`). Three sources of answers:
+
+* **A crowd of language models** (the default for chat and text records): small GPT-2 proxies
+  trained from scratch on a pool slice, one run per width in ``crowd_widths``, each saving
+  ``crowd_checkpoints`` checkpoints spread evenly over its training. Every checkpoint is one
+  subject (2 widths x 8 = 16 by default), so the crowd spans weak to strong models. A subject
+  answers a record right when its mean token loss on the scored tokens is under a threshold:
+  ``loss_threshold``, or by default the median loss over the whole calibration matrix, so about
+  half of all answers are right and the items spread.
+* **A crowd of classifiers** (classification records: every sampled record has a ``label`` in
+  its extra fields, as for ``el2n``): heads on frozen sentence embeddings, one per
+  (size in ``head_sizes``, training length in ``head_epochs``), 4 x 4 = 16 by default. A head
+  answers right when its predicted class is the record's label.
+* **A user file** (``responses``): Parquet or JSONL rows of (subject, item, correct), for example
+  leaderboard results, where items are pool ids. It is fitted once; scoring looks ids up (a row
+  missing from the file gets NaN and stage -1, and is never selected).
+
+With a crowd, ``prepare`` fits abilities jointly with the items of a calibration sample of the
+pool (rows the crowd did not train on); ``score`` then fits each record's b (and a) from the
+crowd's answers given those fixed abilities. Items are independent given abilities, so chunking
+the pool changes no value. Quantile bins of the calibration difficulties, computed once in
+``prepare`` so every worker agrees, give ``curriculum_stage`` (0 = easiest).
+
+Columns: ``score_irt`` = ``difficulty`` (higher is harder), ``discrimination`` (1 under 1PL) and
+``curriculum_stage``. The default selection keeps the harder half, after leaving out the
+hardest ``skip_hardest`` fraction (often noise). For a curriculum over the whole pool select
+everything (``--budget`` at least the pool size) and read it back easiest first with
+``tamis.load_selected(out, curriculum=True)``; :mod:`tamis.curriculum` schedules it (DDS-MAE).
+
+Cost: every subject scores every row, so scoring is ``len(crowd)`` forward passes per row.
+Pitfalls: under 1PL a row's b depends only on how many subjects got it right, so J subjects
+give at most J+1 distinct difficulties (2PL orders more finely); the crowd's own training rows
+(the ``sample_size`` lowest id hashes, seed 42) look easier than they are; a row with no scored
+token gets no answers, so its b is the prior's 0.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .base import RunContext, Selector
+
+# The calibration sample is drawn with its own hash seed, unlike the crowd's training slice.
+CALIBRATION_SEED = 1
+DATA_KINDS = ("auto", "lm", "classification")
+
+
+class IRTSelector(Selector):
+    """Score = IRT difficulty from a crowd of proxies or classifiers (or a user's response file)."""
+
+    name = "irt"
+    needs_target = False
+    default_budget = 0.5
+
+    def __init__(self, responses: str | None = None, irt_model: str = "1pl", n_stages: int = 4,
+                 prior_sd: float = 1.0, data_kind: str = "auto", calibration_size: int = 2000,
+                 sample_size: int = 5000, crowd_widths: tuple[int, ...] = (32, 64), crowd_checkpoints: int = 8,
+                 proxy_epochs: int = 2, lr: float = 1e-3, batch_size: int = 32, n_layer: int = 2, n_head: int = 2,
+                 vocab_size: int = 2048, context: int = 256, loss_threshold: float | None = None,
+                 embedder: str = "minilm", pooling: str = "mean", head_sizes: tuple[int, ...] = (0, 32, 128, 512),
+                 head_epochs: tuple[int, ...] = (1, 2, 4, 8), head_lr: float = 1e-3, head_batch_size: int = 64,
+                 skip_hardest: float = 0.0, trust_remote_code: bool = False):
+        self.responses = responses  # Parquet/JSONL of (subject, item, correct); None: build a crowd
+        self.irt_model = irt_model  # "1pl" (Rasch, as PUDF) or "2pl"
+        self.n_stages = n_stages  # curriculum stages: quantile bins of difficulty
+        self.prior_sd = prior_sd  # sd of the N(0, sd^2) priors on b and log a (theta's is N(0, 1))
+        self.data_kind = data_kind  # "auto": classifiers when every sampled record has a label, else LMs
+        self.calibration_size = calibration_size  # pool rows the abilities are fitted on
+        self.sample_size = sample_size  # pool rows the crowd trains on
+        self.crowd_widths = crowd_widths  # LM crowd: one proxy trained from scratch per width (n_embd)
+        self.crowd_checkpoints = crowd_checkpoints  # LM crowd: subjects per width, spread over its training
+        self.proxy_epochs = proxy_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.vocab_size = vocab_size
+        self.context = context
+        self.loss_threshold = loss_threshold  # LM crowd: right when mean token loss is under it; None: median
+        self.embedder = embedder  # classifier crowd: features of each record's text
+        self.pooling = pooling
+        self.head_sizes = head_sizes  # classifier crowd: hidden units (0: softmax regression)
+        self.head_epochs = head_epochs  # classifier crowd: training lengths
+        self.head_lr = head_lr
+        self.head_batch_size = head_batch_size
+        self.skip_hardest = skip_hardest  # fraction of the hardest rows left out before the top-k
+        self.trust_remote_code = trust_remote_code
+        from ..irt import MODELS
+
+        if str(irt_model).lower() not in MODELS:
+            raise ValueError(f"irt_model must be one of {MODELS}, got {irt_model!r}")
+        if data_kind not in DATA_KINDS:
+            raise ValueError(f"data_kind must be one of {DATA_KINDS}, got {data_kind!r}")
+        if n_stages < 1:
+            raise ValueError(f"n_stages must be at least 1, got {n_stages}")
+        if not 0 <= skip_hardest < 1:
+            raise ValueError(f"skip_hardest must be in [0, 1), got {skip_hardest}")
+        if not crowd_widths or crowd_checkpoints < 1 or crowd_checkpoints % proxy_epochs:
+            raise ValueError("the LM crowd needs a width, and crowd_checkpoints must be a positive multiple of "
+                             f"proxy_epochs (got {crowd_checkpoints} and {proxy_epochs})")
+        if not head_sizes or not head_epochs:
+            raise ValueError("the classifier crowd needs at least one head size and one training length")
+
+    @classmethod
+    def test_params(cls) -> dict:
+        return {"calibration_size": 60, "sample_size": 120, "crowd_widths": (16,), "crowd_checkpoints": 4,
+                "proxy_epochs": 1, "lr": 5e-3, "batch_size": 16, "n_layer": 1, "vocab_size": 300, "context": 64,
+                "head_sizes": (0, 8), "head_epochs": (1, 3)}
+
+    # -- declared output ----------------------------------------------------------------------
+    def columns(self, tasks: list[str]) -> list[pa.Field]:
+        return super().columns(tasks) + [pa.field("difficulty", pa.float32()), pa.field("discrimination", pa.float32()),
+                                         pa.field("curriculum_stage", pa.int32())]
+
+    def skip_top(self) -> float:
+        return self.skip_hardest
+
+    # -- prepare: once per run ------------------------------------------------------------------
+    def prepare(self, pool, targets, context: RunContext) -> dict:
+        if self.responses is not None:
+            self.prepared_ = self._prepare_from_file()
+            return self.prepared_
+        from ..irt import fit_irt
+        from .el2n import record_label
+
+        sample = pool.sample(1.0, self.sample_size)
+        labels = [record_label(r) for r in sample]
+        labelled = bool(sample) and all(v is not None for v in labels) and len({json.dumps(v) for v in labels}) > 1
+        kind = "classification" if self.data_kind == "classification" or (self.data_kind == "auto" and labelled) \
+            else "lm"
+        crowd_info = self._train_heads(sample, context) if kind == "classification" else self._train_lms(sample, context)
+        seen = {r["id"] for r in sample}
+        candidates = pool.sample(1.0, self.calibration_size + len(seen), seed=CALIBRATION_SEED)
+        calibration = [r for r in candidates if r["id"] not in seen][: self.calibration_size]
+        if len(calibration) < 2:
+            raise ValueError(f"irt: only {len(calibration)} pool rows outside the crowd's training sample to "
+                             "calibrate on; lower sample_size or use a larger pool")
+        crowd = self._crowd(kind, crowd_info, context)
+        threshold = self.loss_threshold
+        if kind == "lm":
+            losses = crowd.losses(calibration)
+            if threshold is None:
+                judged = losses[:, np.isfinite(losses).all(0)]
+                threshold = float(np.median(judged)) if judged.size else 0.0
+            responses = _below(losses, threshold)
+        else:
+            responses = crowd.answers(calibration)
+        fit = fit_irt(responses, model=self.irt_model, prior_sd=self.prior_sd, device="cpu")
+        self.prepared_ = {
+            "source": "crowd", "data_kind": kind, "irt_model": self.irt_model, **crowd_info,
+            "theta": fit.theta.tolist(), "se_theta": fit.se_theta.tolist(), "loss_threshold": threshold,
+            "stage_edges": stage_edges(fit.b, self.n_stages),
+            "calibration": {"rows": len(calibration), "mean_correct": float(np.nanmean(responses)),
+                            "converged": fit.converged, "iterations": fit.iterations,
+                            "difficulty_quantiles": np.quantile(fit.b, [0, 0.25, 0.5, 0.75, 1]).tolist()},
+            "crowd_train_rows": len(sample),
+        }
+        return self.prepared_
+
+    def _train_lms(self, sample: list[dict], context: RunContext) -> dict:
+        """One from-scratch training run per width, with ``crowd_checkpoints`` checkpoints each; a
+        checkpoint is one subject."""
+        from ..models.build import INIT_DIR, write_initial_model
+        from ..models.train import train_cached
+        from ..schemas.proxy import ProxyModelConfig, TrainConfig
+
+        subjects, runs = [], []
+        for width in self.crowd_widths:
+            config = ProxyModelConfig(n_layer=self.n_layer, n_embd=int(width), n_head=self.n_head,
+                                      vocab_size=self.vocab_size, context=self.context, sample_size=self.sample_size,
+                                      seed=context.seed, epochs=self.proxy_epochs, batch_size=self.batch_size,
+                                      lr=self.lr)
+            train = TrainConfig(**{**config.pretrain_config().model_dump(),
+                                   "checkpoints_per_epoch": self.crowd_checkpoints // self.proxy_epochs})
+
+            def init(run_dir: Path, config=config) -> str:
+                if not (run_dir / INIT_DIR).is_dir():
+                    write_initial_model(run_dir / INIT_DIR, config, sample)
+                return str(run_dir / INIT_DIR)
+
+            run = train_cached({"kind": "irt-crowd", "model_config": config.model_dump(mode="json")}, base=None,
+                               init_adapter=None, records=sample, config=train, device=context.device,
+                               progress=sys.stderr.isatty(), prepare=init)
+            subjects += [{"path": str(c.path), "width": int(width), "step": c.step} for c in run.checkpoints]
+            runs.append({"width": int(width), "path": str(run.path), "key": run.key, "checkpoints": len(run.checkpoints)})
+        return {"subjects": subjects, "runs": runs}
+
+    def _train_heads(self, sample: list[dict], context: RunContext) -> dict:
+        """One head per (size, training length) on frozen embeddings of the labelled sample."""
+        from ..models.cache import cache_root, content_hash, key_lock, slice_digest
+        from ..models.loading import fingerprint
+        from .el2n import record_label, render, save_heads, train_heads
+
+        kept = [(r, record_label(r)) for r in sample]
+        kept = [(r, v) for r, v in kept if v is not None]
+        if not kept:
+            raise ValueError("irt: data_kind='classification' but no sampled record has a label in extra")
+        classes = sorted({json.dumps(v) for _, v in kept})
+        grid = [(int(h), int(e)) for h in self.head_sizes for e in self.head_epochs]
+        inputs = {"kind": "irt-heads", "slice": slice_digest(r for r, _ in kept), "labels": [json.dumps(v) for _, v in kept],
+                  "embedder": fingerprint(self.embedder) or self.embedder, "pooling": self.pooling,
+                  "max_length": context.max_length, "grid": grid, "lr": self.head_lr,
+                  "batch_size": self.head_batch_size, "seed": context.seed}
+        key = content_hash(inputs)
+        root = cache_root()
+        path = root / f"irt-heads-{key}.safetensors"
+        with key_lock(root, key):
+            if not path.is_file():
+                features = self._embedder(context).embed([render(r) for r, _ in kept])
+                index = {c: i for i, c in enumerate(classes)}
+                y = np.array([index[json.dumps(v)] for _, v in kept], dtype=np.int64)
+                heads = [train_heads(features, y, len(classes), runs=1, epochs=e, hidden=h, lr=self.head_lr,
+                                     batch_size=self.head_batch_size, seed=context.seed + i)[0]
+                         for i, (h, e) in enumerate(grid)]
+                save_heads(path, heads, classes)
+        return {"subjects": [{"hidden": h, "epochs": e} for h, e in grid], "heads": str(path), "key": key}
+
+    def _embedder(self, context: RunContext):
+        from ..models.embedder import HiddenStateEmbedder
+
+        return HiddenStateEmbedder(self.embedder, pooling=self.pooling, max_length=context.max_length,
+                                   batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                                   trust_remote_code=self.trust_remote_code)
+
+    def _crowd(self, kind: str, info: dict, context: RunContext):
+        if kind == "classification":
+            return _HeadCrowd(info["heads"], self._embedder(context))
+        return _LMCrowd([s["path"] for s in info["subjects"]], context)
+
+    def _prepare_from_file(self) -> dict:
+        import pyarrow.parquet as pq
+
+        from ..irt import fit_irt
+        from ..models.cache import cache_root, content_hash
+
+        raw = _read_bytes(self.responses)
+        digest = hashlib.sha256(raw).hexdigest()
+        matrix, subjects, items = response_matrix(read_responses(raw, self.responses))
+        fit = fit_irt(matrix, model=self.irt_model, prior_sd=self.prior_sd, device="cpu")
+        key = content_hash({"responses_sha256": digest, "irt_model": self.irt_model, "prior_sd": self.prior_sd})
+        folder = cache_root().parent / "irt"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"items-{key[:16]}.parquet"
+        table = pa.table({"item": pa.array(items, pa.string()), "difficulty": fit.b, "discrimination": fit.a,
+                          "se_difficulty": fit.se_b, "se_discrimination": fit.se_a})
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+        return {"source": "responses", "irt_model": self.irt_model, "responses": self.responses,
+                "responses_sha256": digest, "items_path": str(path), "n_subjects": len(subjects),
+                "n_items": len(items), "stage_edges": stage_edges(fit.b, self.n_stages),
+                "converged": fit.converged, "mean_correct": float(np.nanmean(matrix))}
+
+    # -- per worker ------------------------------------------------------------------------------
+    def fit(self, targets, prepared=None):
+        super().fit(targets, prepared)
+        if not self.prepared_:
+            raise ValueError("irt: nothing prepared (run prepare() first: it builds the crowd)")
+        self.edges_ = np.asarray(self.prepared_["stage_edges"], dtype=np.float64)
+        if self.prepared_["source"] == "responses":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(self.prepared_["items_path"])
+            self.items_ = dict(zip(table.column("item").to_pylist(),
+                                   zip(table.column("difficulty").to_pylist(), table.column("discrimination").to_pylist())))
+        else:
+            self.theta_ = np.asarray(self.prepared_["theta"], dtype=np.float64)
+            self.crowd_ = self._crowd(self.prepared_["data_kind"], self.prepared_,
+                                      getattr(self, "context_", RunContext()))
+        return self
+
+    def answers(self, records: list[dict]) -> np.ndarray:
+        """The crowd's 1/0 answers on ``records``: [subjects, records], NaN where there is none."""
+        if self.prepared_["data_kind"] == "classification":
+            return self.crowd_.answers(records)
+        return _below(self.crowd_.losses(records), self.prepared_["loss_threshold"])
+
+    def score(self, records: list[dict]) -> dict[str, np.ndarray]:
+        if self.prepared_["source"] == "responses":
+            found = [self.items_.get(r["id"]) for r in records]
+            b = np.array([f[0] if f else np.nan for f in found], dtype=np.float64)
+            a = np.array([f[1] if f else np.nan for f in found], dtype=np.float64)
+        elif records:
+            from ..irt import fit_items
+
+            fit = fit_items(self.answers(records), self.theta_, model=self.irt_model, prior_sd=self.prior_sd)
+            b, a = fit.b, fit.a
+        else:
+            b = a = np.zeros(0)
+        stage = np.where(np.isnan(b), -1, curriculum_stage(b, self.edges_)).astype(np.int32)
+        return {self.score_columns([])[None]: b.astype(np.float32), "difficulty": b.astype(np.float32),
+                "discrimination": a.astype(np.float32), "curriculum_stage": stage}
+
+    def model_info(self) -> dict[str, dict]:
+        prepared = getattr(self, "prepared_", {}) or {}
+        if self.responses is not None:
+            return {"irt.responses": {"path": self.responses, "sha256": prepared.get("responses_sha256")}}
+        if prepared.get("data_kind") == "classification":
+            from ..models.loading import fingerprint, resolve_model
+
+            return {"irt.embedder": {"model": self.embedder, "path": resolve_model(self.embedder),
+                                     "sha256": fingerprint(self.embedder), "pooling": self.pooling},
+                    "irt.heads": {"path": prepared["heads"], "key": prepared["key"]}}
+        return {f"irt.crowd.w{run['width']}": run for run in prepared.get("runs", [])}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def stage_edges(b: np.ndarray, n_stages: int) -> list[float]:
+    """Inner quantile edges of the difficulties (n_stages - 1 of them, ascending)."""
+    b = np.asarray(b, dtype=np.float64)
+    b = b[np.isfinite(b)]
+    if n_stages <= 1 or not b.size:
+        return []
+    return np.quantile(b, np.arange(1, n_stages) / n_stages).tolist()
+
+
+def curriculum_stage(b: np.ndarray, edges) -> np.ndarray:
+    """Stage s holds edges[s-1] < b <= edges[s]: the number of edges below b. Ties with an edge
+    (1PL difficulties are discrete) go to the lower stage. b is read as the float32 the shards
+    store, with a 1e-6 tolerance, so the stored difficulty and the manifest's edges give back the
+    stored stage, and a joint fit and a per-item refit of the same answers agree."""
+    b32 = np.asarray(b, dtype=np.float32).astype(np.float64)
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), b32 - 1e-6, side="left")
+
+
+def _below(losses: np.ndarray, threshold: float) -> np.ndarray:
+    """1 where the loss is under the threshold, 0 where not, NaN where there is no loss."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(losses), (losses < threshold).astype(np.float64), np.nan)
+
+
+class _LMCrowd:
+    """The LM crowd's checkpoints, loaded once per worker; scores records by mean token loss."""
+
+    def __init__(self, paths: list[str], context: RunContext):
+        from ..models.lm import context_limit, load_causal_lm
+
+        self.context = context
+        self.groups: list[tuple[object, int, list[int], list]] = []  # per training run: tokenizer, length, rows, models
+        by_run: dict[str, list[int]] = {}
+        for i, path in enumerate(paths):
+            by_run.setdefault(str(Path(path).parent), []).append(i)
+        for rows in by_run.values():
+            loaded = [load_causal_lm(paths[i], device=context.device, dtype=context.dtype) for i in rows]
+            limit = context_limit(loaded[0][0])
+            length = min(context.max_length, limit) if limit else context.max_length
+            self.groups.append((loaded[0][1], length, rows, [m for m, _ in loaded]))
+        self.n_subjects = len(paths)
+
+    def losses(self, records: list[dict]) -> np.ndarray:
+        """Mean token loss over each record's scored tokens, [subjects, records] (NaN: none scored)."""
+        from ..models.lm import encode_records
+
+        out = np.full((self.n_subjects, len(records)), np.nan)
+        for tokenizer, length, rows, models in self.groups:  # one tokenizer per run: encode once
+            examples = encode_records(tokenizer, records, length)
+            for row, model in zip(rows, models):
+                out[row] = mean_losses(model, examples, self.context.batch_tokens)
+        return out
+
+
+def mean_losses(model, examples, batch_tokens: int) -> np.ndarray:
+    """Mean loss over each example's scored tokens (NaN when none): ``sequence_stats``' loss
+    without its EL2N, one forward pass and one cross-entropy per batch."""
+    import torch
+
+    from ..models.batching import token_batches
+    from ..models.lm import model_device, pad_batch, token_nll
+
+    out = np.full(len(examples), np.nan)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else (model.config.eos_token_id or 0)
+    with torch.inference_mode():
+        for batch in token_batches([len(e) for e in examples], batch_tokens):
+            ids, mask, labels = pad_batch([examples[i] for i in batch], pad, model_device(model))
+            nll, scored = token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+            count = scored.sum(1)
+            mean = (nll.sum(1) / count.clamp_min(1)).double().cpu().numpy()
+            out[np.asarray(batch)] = np.where(count.cpu().numpy() > 0, mean, np.nan)
+    return out
+
+
+class _HeadCrowd:
+    """The classifier crowd: heads on frozen embeddings; right when the predicted class is the label."""
+
+    def __init__(self, path: str, embedder):
+        from .el2n import build_head, load_heads
+
+        states, self.classes = load_heads(path)
+        self.embedder = embedder
+        self.heads = []
+        for state in states:
+            weights = [v for k, v in state.items() if k.endswith("weight")]
+            head = build_head(weights[0].shape[1], weights[-1].shape[0], weights[0].shape[0] if len(weights) > 1 else 0)
+            head.load_state_dict(state)
+            head.eval()
+            self.heads.append(head)
+
+    def answers(self, records: list[dict]) -> np.ndarray:
+        import torch
+
+        from .el2n import record_label, render
+
+        index = {c: i for i, c in enumerate(self.classes)}
+        labels = [record_label(r) for r in records]
+        y = np.array([index.get(json.dumps(v), -1) if v is not None else -1 for v in labels])
+        x = torch.as_tensor(np.asarray(self.embedder.embed([render(r) for r in records]), dtype=np.float32))
+        out = np.full((len(self.heads), len(records)), np.nan)
+        with torch.no_grad():
+            for j, head in enumerate(self.heads):
+                predicted = head(x).argmax(-1).numpy()
+                out[j] = np.where(y >= 0, (predicted == y).astype(np.float64), np.nan)
+        return out
+
+
+def _read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def read_responses(raw: bytes, name: str) -> pa.Table:
+    """A (subject, item, correct) table from Parquet or JSONL bytes (JSONL may be gzipped)."""
+    import gzip
+
+    if raw[:4] == b"PAR1":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(raw))
+    else:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        rows = []
+        for n, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name}:{n}: invalid JSON ({e.msg})") from None
+        table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    missing = {"subject", "item", "correct"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{name}: a responses file needs columns subject, item, correct "
+                         f"(missing: {', '.join(sorted(missing))})")
+    return table
+
+
+def response_matrix(table: pa.Table) -> tuple[np.ndarray, list[str], list[str]]:
+    """[subjects, items] answers (NaN where missing; repeated pairs averaged, a soft answer),
+    and the sorted subject and item names."""
+    subject = np.array([str(s) for s in table.column("subject").to_pylist()], dtype=object)
+    item = np.array([str(i) for i in table.column("item").to_pylist()], dtype=object)
+    correct = np.array([float(c) if c is not None else np.nan for c in table.column("correct").to_pylist()])
+    keep = np.isfinite(correct)
+    if not keep.any():
+        raise ValueError("the responses file holds no answers")
+    if ((correct[keep] < 0) | (correct[keep] > 1)).any():
+        raise ValueError("correct must be true/false or a number in [0, 1]")
+    subjects, s_idx = np.unique(subject[keep], return_inverse=True)
+    items, i_idx = np.unique(item[keep], return_inverse=True)
+    total = np.zeros((len(subjects), len(items)))
+    count = np.zeros_like(total)
+    np.add.at(total, (s_idx, i_idx), correct[keep])
+    np.add.at(count, (s_idx, i_idx), 1.0)
+    matrix = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return matrix, [str(s) for s in subjects], [str(i) for i in items]
+
+
+__all__ = ["IRTSelector", "stage_edges", "curriculum_stage", "mean_losses", "read_responses", "response_matrix"]

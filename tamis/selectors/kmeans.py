@@ -1,0 +1,462 @@
+"""Diversify and Conquer (Yu et al., 2024): k-means clusters, quotas, and quality-weighted
+sampling (kMQ), with optional iterative refinement.
+
+* **Clusters.** Records are embedded as RDS+ embeds them (:class:`HiddenStateEmbedder`, MiniLM
+  by default, any model). ``prepare`` fits faiss k-means on a pool sample and saves the centroids
+  under the run's work folder; every worker then assigns each record to its nearest centroid
+  while scoring (columns ``cluster``, ``cluster_distance``).
+* **k.** When ``k`` is not given: ``k = round(sqrt(N / 2))`` for a pool of N rows (the usual
+  rule of thumb), capped so every centroid has at least 20 sample rows, and at 1024 (the
+  paper's kMQ setting); at least 2.
+* **kMQ.** The budget is split into equal cluster quotas. A cluster with fewer rows than its
+  quota gives what it lacks to the others, so the selection always fills the budget (the
+  reference code leaves it short). Within a cluster, rows are drawn without replacement with
+  probability proportional to exp(quality / temperature), where quality is another selector's
+  score column in the same run (``quality="score_el2n"``), z-scored first by default so one
+  temperature suits any column, or uniform.
+* **Refinement** (``rounds > 1``): round 1 takes budget/rounds rows with equal quotas. Before
+  each later round a proxy LM is trained on everything selected so far, and each cluster's
+  *loss gap* is the mean, over its selected rows, of the trained proxy's loss divided by the
+  reference proxy's (the same proxy before training on the selection: a small GPT-2 built from
+  the pool, or ``proxy_model`` as given). It is the fraction of loss that training left: near
+  1, the cluster is not learned yet. Clusters with no selected row get the mean gap. Cluster weights are a max-shifted softmax of the gaps / ``gap_temperature``;
+  quotas follow the weights (largest remainder, redistributed as above). This is the
+  reference's ``ppl`` mode made relative, with expected counts instead of categorical draws,
+  and the within-cluster draw stays quality-weighted (the reference's is uniform).
+
+``score_kmeans`` is the row's sampling weight before quality: kMQ's inclusion rate relative to
+random sampling under equal quotas, (1/k) / (the cluster's share of the sample); rows of small
+clusters score high. The quality factor exp(q/T) is applied at selection, since other
+selectors' columns exist only then. ``selection_round`` (1-based) is set by the selection pass
+when kmeans drives it: null for rows not selected. Scoring writes -1 (the conformance suite wants
+a typed array), which stays only where another selector drove the selection.
+
+Randomness comes from a hash of (run seed, row id), so the same seed gives the same selection
+whatever the sharding or row order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+
+import numpy as np
+import pyarrow as pa
+
+from ..models.loading import DEFAULT_EMBEDDER
+from .base import PoolSample, RunContext, Selector
+
+REPORT_KEY = b"tamis.selection_report"  # schema metadata that the pipeline writes next to the run
+
+
+# -- pure pieces (unit-tested) -----------------------------------------------------------------
+def default_k(n_pool: int, n_sample: int) -> int:
+    """sqrt(N/2) clusters, at least 20 sample rows per centroid, at most 1024, at least 2."""
+    k = min(round(math.sqrt(n_pool / 2)), n_sample // 20, 1024)
+    return int(max(2, min(k, n_sample)))
+
+
+def allocate(budget: int, capacity, weights) -> np.ndarray:
+    """Integer quotas summing to min(budget, total capacity), each at most its cluster's capacity,
+    as close to proportional to ``weights`` as integers allow.
+
+    Clusters that cannot take their share are filled and leave the rest to the others
+    (repeatedly), then the largest remainders get the last units (ties: lower cluster id).
+    Zero-weight clusters take rows only when nothing else has room, so the budget always fills.
+    """
+    capacity = np.asarray(capacity, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if capacity.shape != weights.shape or (weights < 0).any() or not np.isfinite(weights).all():
+        raise ValueError("capacity and weights must have one finite, non-negative value per cluster")
+    counts = np.zeros_like(capacity)
+    target = int(min(budget, capacity.sum()))
+    while counts.sum() < target:
+        left = target - int(counts.sum())
+        room = capacity - counts
+        open_ = room > 0
+        w = np.where(open_, weights, 0.0)
+        if w.sum() <= 0:  # only zero-weight clusters have room: share evenly among them
+            w = open_.astype(np.float64)
+        share = left * w / w.sum()
+        full = open_ & (share >= room)
+        if full.any():
+            counts[full] = capacity[full]
+            continue
+        base = np.floor(share).astype(np.int64)
+        rest = left - int(base.sum())
+        order = [i for i in np.lexsort((np.arange(len(share)), -(share - base))) if open_[i]]
+        counts += base
+        counts[order[:rest]] += 1
+    return counts
+
+
+def softmax(values, temperature: float = 1.0) -> np.ndarray:
+    """Max-shifted softmax of values / temperature (the reference's has no shift and overflows)."""
+    z = np.asarray(values, dtype=np.float64) / temperature
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def gumbel_keys(ids, seed: int) -> np.ndarray:
+    """One standard Gumbel number per id, fixed by (seed, id): independent of row order."""
+    u = np.empty(len(ids), dtype=np.float64)
+    for i, rid in enumerate(ids):
+        digest = hashlib.blake2b(f"{seed}\x00{rid}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        u[i] = (int.from_bytes(digest, "big") + 0.5) / 2**64
+    return -np.log(-np.log(u))
+
+
+def quality_logits(quality, temperature: float, standardize: bool = True) -> np.ndarray:
+    """log of the sampling weights, quality / temperature; missing quality counts as the lowest."""
+    q = np.asarray(quality, dtype=np.float64)
+    finite = np.isfinite(q)
+    if not finite.any():
+        return np.zeros(len(q))
+    q = np.where(finite, q, q[finite].min())
+    if standardize:
+        sd = q.std()
+        q = (q - q.mean()) / sd if sd > 0 else np.zeros_like(q)
+    return q / temperature
+
+
+def draw(clusters: np.ndarray, keys: np.ndarray, taken: np.ndarray, n: int, weights, k: int):
+    """One round: quotas from ``weights`` over the clusters' untaken rows, then each cluster's
+    highest keys. With keys = log w + Gumbel this samples without replacement with p ∝ w
+    (Gumbel-top-k), and later rounds continue the same draw. Returns (rows in round-robin order
+    over clusters, quotas)."""
+    capacity = np.bincount(clusters[~taken], minlength=k)
+    quotas = allocate(n, capacity, weights)
+    picks = []
+    for c in np.flatnonzero(quotas):
+        rows = np.flatnonzero((clusters == c) & ~taken)
+        best = rows[np.lexsort((rows, -keys[rows]))[: quotas[c]]]
+        picks.extend((j, int(c), int(r)) for j, r in enumerate(best))
+    # Round-robin over clusters: any prefix of the selection is spread over the clusters too.
+    return np.array([r for _, _, r in sorted(picks)], dtype=np.int64), quotas
+
+
+def cluster_gaps(clusters: np.ndarray, ratios: np.ndarray, k: int) -> np.ndarray:
+    """Mean loss ratio per cluster over its rows with a ratio; clusters without one get the mean."""
+    ok = np.isfinite(ratios)
+    sums = np.bincount(clusters[ok], weights=ratios[ok], minlength=k)
+    counts = np.bincount(clusters[ok], minlength=k)
+    gaps = np.full(k, np.nan)
+    gaps[counts > 0] = sums[counts > 0] / counts[counts > 0]
+    fill = np.nanmean(gaps) if (counts > 0).any() else 0.0
+    return np.where(np.isnan(gaps), fill, gaps)
+
+
+def user_text(record: dict) -> str:
+    """Only the user turns (the reference embeds ``tulu_user_only``); a text record as is."""
+    if record.get("messages") is not None:
+        turns = [m["content"] for m in record["messages"] if m.get("role") == "user"]
+        return "\n".join(turns) if turns else "\n".join(m["content"] for m in record["messages"])
+    return record["text"]
+
+
+# -- the selector --------------------------------------------------------------------------------
+class KMeansSelector(Selector):
+    """kMQ: equal cluster quotas (redistributed), quality-weighted draws, optional refinement."""
+
+    name = "kmeans"
+    custom_selection = True
+
+    def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "mean", text: str = "all",
+                 k: int | None = None, sample_size: int = 10_000, niter: int = 50, nredo: int = 1,
+                 quality: str = "uniform", temperature: float = 1.0, standardize: bool = True,
+                 rounds: int = 1, gap_temperature: float = 0.1,
+                 proxy_model: str | None = None, proxy_mode: str = "full", proxy: dict | None = None,
+                 train_epochs: int = 2, train_lr: float = 1e-3, train_batch_size: int = 16,
+                 trust_remote_code: bool = False):
+        self.model = model  # the embedder: HF id, local folder, or "minilm" (as RDS+)
+        self.pooling = pooling  # "mean" (MiniLM's own pooling) or "weighted_mean" (RDS+'s)
+        self.text = text  # what is embedded: "all" turns (RDS+'s rendering) or "user" turns (the reference)
+        self.k = k  # clusters; None: the rule in the module docstring
+        self.sample_size = sample_size  # pool rows the centroids are fitted on
+        self.niter = niter  # k-means iterations (the reference: 300)
+        self.nredo = nredo  # k-means restarts, the best kept (the reference: 5)
+        self.quality = quality  # a score column of this run (e.g. "score_el2n"), or "uniform"
+        self.temperature = temperature  # p ∝ exp(quality / temperature) within a cluster
+        self.standardize = standardize  # z-score the quality over eligible rows first
+        self.rounds = rounds  # 1: plain kMQ; more: iterative refinement
+        self.gap_temperature = gap_temperature  # cluster weights = softmax(loss gap / gap_temperature)
+        self.proxy_model = proxy_model  # refinement's proxy LM (HF id or folder); None builds one from the pool
+        self.proxy_mode = proxy_mode  # "full" or "lora" training of a given proxy_model
+        self.proxy = proxy  # ProxyModelConfig fields of the built proxy (shape, sample, epochs)
+        self.train_epochs = train_epochs  # passes over the selection so far, each refinement round
+        self.train_lr = train_lr
+        self.train_batch_size = train_batch_size
+        self.trust_remote_code = trust_remote_code
+        if pooling not in ("weighted_mean", "mean"):
+            raise ValueError(f"pooling must be 'weighted_mean' or 'mean', got {pooling!r}")
+        if text not in ("all", "user"):
+            raise ValueError(f"text must be 'all' or 'user', got {text!r}")
+        if k is not None and k < 1:
+            raise ValueError(f"k must be at least 1, got {k!r}")
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds!r}")
+        if temperature <= 0 or gap_temperature <= 0:
+            raise ValueError("temperature and gap_temperature must be positive")
+        if proxy_mode not in ("full", "lora"):
+            raise ValueError(f"proxy_mode must be 'full' or 'lora', got {proxy_mode!r}")
+        self._proxy_config(0)  # a bad proxy field fails here, not after the embedding
+
+    @classmethod
+    def test_params(cls) -> dict:
+        return {"k": 4, "sample_size": 100, "niter": 10}
+
+    # -- declared output ----------------------------------------------------------------------
+    def columns(self, tasks: list[str]) -> list[pa.Field]:
+        return super().columns(tasks) + [pa.field("cluster", pa.int32()), pa.field("cluster_distance", pa.float32()),
+                                         *self.selection_fields()]
+
+    def selection_fields(self) -> list[pa.Field]:
+        return [pa.field("selection_round", pa.int32())]
+
+    def selection_inputs(self, tasks: list[str]) -> list[str]:
+        return ["cluster"] + ([] if self.quality == "uniform" else [self.quality])
+
+    # -- prepare: centroids (and the refinement proxy), once per run --------------------------------
+    def _proxy_config(self, seed: int):
+        from ..schemas.proxy import ProxyModelConfig
+
+        return ProxyModelConfig(**{"seed": seed, **(self.proxy or {})})
+
+    def _embedder(self, context: RunContext):
+        from ..models.embedder import HiddenStateEmbedder
+        from ..models.loading import localize
+
+        self.model_path_ = localize(self.model)
+        return HiddenStateEmbedder(self.model_path_, pooling=self.pooling, max_length=context.max_length,
+                                   batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                                   trust_remote_code=self.trust_remote_code)
+
+    def _embed(self, embedder, records: list[dict]) -> np.ndarray:
+        from ..models.text import render_plain
+
+        render = render_plain if self.text == "all" else user_text
+        return embedder.embed([render(r) for r in records])
+
+    def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
+        import faiss
+
+        from ..models.cache import content_hash, slice_digest
+        from ..models.loading import fingerprint
+
+        n_pool = 0
+
+        def counted():
+            nonlocal n_pool
+            for record in pool:
+                n_pool += 1
+                yield record
+
+        proxy_rows = self._proxy_config(context.seed).sample_size if self.rounds > 1 and self.proxy_model is None else 0
+        sample = PoolSample(counted).sample(1.0, max(self.sample_size, proxy_rows), seed=42)
+        fit_rows = sample[: self.sample_size]  # slices are nested: the lowest hashes of one draw
+        if not fit_rows:
+            raise ValueError("kmeans: the pool is empty")
+        k = min(self.k or default_k(n_pool, len(fit_rows)), len(fit_rows))
+        prepared: dict = {"k": k, "n_pool": n_pool, "n_sample": len(fit_rows)}
+        key = content_hash({"slice": slice_digest(fit_rows), "k": k, "seed": context.seed,
+                            **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
+                            "model_sha256": fingerprint(self.model), "max_length": context.max_length})[:16]
+        path = f"{context.work_dir.rstrip('/')}/kmeans-{key}.safetensors" if context.work_dir else None
+        if path is None or not _exists(path):  # a resumed run reuses its centroids
+            vectors = self._embed(self._embedder(context), fit_rows)
+            km = faiss.Kmeans(vectors.shape[1], k, niter=self.niter, nredo=self.nredo, seed=context.seed,
+                              verbose=False)
+            km.train(vectors)
+            _, assigned = km.index.search(vectors, 1)
+            counts = np.bincount(assigned[:, 0], minlength=k).astype(np.int64)
+            if path is None:  # no work folder (direct use): small enough to pass inline
+                prepared.update(centroids=km.centroids.tolist(), counts=counts.tolist())
+            else:
+                _write_bytes(path, _to_safetensors(km.centroids, counts))
+        if path is not None:
+            prepared["centroids"] = path
+        if self.rounds > 1:
+            prepared["proxy"] = self._prepare_proxy(sample[:proxy_rows], context)
+        self.prepared_ = prepared
+        return prepared
+
+    def _prepare_proxy(self, rows: list[dict], context: RunContext) -> dict:
+        """The refinement's reference proxy: a given model as is, or a small one built from the pool."""
+        from ..models.build import build_proxy
+
+        if self.proxy_model is not None:
+            return {"model": self.proxy_model}
+        proxy = build_proxy(rows, self._proxy_config(context.seed), device=context.device,
+                            progress=sys.stderr.isatty())
+        return {"path": str(proxy.path), "key": proxy.key}
+
+    # -- scoring: nearest centroid, per worker ---------------------------------------------------
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        self.embedder_ = None  # loaded at the first score(): the selection pass never needs it
+
+    def fit(self, targets, prepared=None):
+        import faiss
+
+        super().fit(targets, prepared)
+        centroids = self.prepared_.get("centroids")
+        if centroids is None:
+            raise ValueError("kmeans: nothing prepared (run prepare() first: it fits the centroids)")
+        if isinstance(centroids, str):
+            centroids, counts = _from_safetensors(_read_bytes(centroids))
+        else:
+            centroids, counts = np.asarray(centroids, np.float32), np.asarray(self.prepared_["counts"])
+        self.k_ = len(centroids)
+        self.index_ = faiss.IndexFlatL2(centroids.shape[1])
+        self.index_.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        share = (counts + 1.0) / (counts.sum() + self.k_)  # smoothed: an empty cluster is rare, not impossible
+        self.weight_ = ((1.0 / self.k_) / share).astype(np.float32)
+        return self
+
+    def score(self, records: list[dict]) -> dict[str, np.ndarray]:
+        if self.embedder_ is None:
+            self.embedder_ = self._embedder(self.context_)
+        vectors = self._embed(self.embedder_, records)
+        dist2, nearest = self.index_.search(vectors, 1)
+        cluster = nearest[:, 0].astype(np.int32)
+        return {
+            "score_kmeans": self.weight_[cluster],
+            "cluster": cluster,
+            "cluster_distance": np.sqrt(np.maximum(dist2[:, 0], 0)).astype(np.float32),
+            "selection_round": np.full(len(records), -1, dtype=np.int32),  # set by the selection pass
+        }
+
+    # -- selection: quotas, quality-weighted draws, refinement -------------------------------------
+    def select(self, table: pa.Table, k: int, context: RunContext) -> pa.Table:
+        table = table.sort_by("id")  # the rows arrive in shard order; the draw must not depend on it
+        ids = table.column("id").to_pylist()
+        clusters = table.column("cluster").to_numpy(zero_copy_only=False).astype(np.int64)
+        if self.quality == "uniform":
+            logits = np.zeros(len(ids))
+        elif self.quality not in table.column_names:
+            raise ValueError(f"kmeans: quality column {self.quality!r} is not in this run "
+                             f"(it has: {', '.join(c for c in table.column_names if c != 'id')})")
+        else:
+            quality = table.column(self.quality).to_numpy(zero_copy_only=False)
+            logits = quality_logits(quality, self.temperature, self.standardize)
+        keys = logits + gumbel_keys(ids, context.seed)
+        n_clusters = max(self.k_, int(clusters.max()) + 1 if len(ids) else 0)
+        rounds = max(1, min(self.rounds, k))
+        sizes = [k // rounds + (r < k % rounds) for r in range(rounds)]
+        taken = np.zeros(len(ids), dtype=bool)
+        order: list[np.ndarray] = []
+        report = []
+        weights, gaps = np.full(n_clusters, 1.0 / n_clusters), None
+        for r, size in enumerate(sizes, start=1):
+            if r > 1:
+                chosen = np.concatenate(order)
+                gaps = cluster_gaps(clusters[chosen], self._loss_ratios([ids[i] for i in chosen], context, r),
+                                    n_clusters)
+                weights = softmax(gaps, self.gap_temperature)
+            picked, quotas = draw(clusters, keys, taken, size, weights, n_clusters)
+            taken[picked] = True
+            order.append(picked)
+            report.append({"round": r, "selected": int(len(picked)), "cluster_weights": [float(w) for w in weights],
+                           "quotas": [int(q) for q in quotas],
+                           "loss_gap": None if gaps is None else [float(g) for g in gaps]})
+        chosen = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+        rounds_of = np.concatenate([np.full(len(p), r, dtype=np.int32) for r, p in enumerate(order, start=1)]) \
+            if order else np.zeros(0, dtype=np.int32)
+        self.report_ = {"selector": self.name, "k": int(n_clusters), "budget": int(k), "eligible": len(ids),
+                        "quality": self.quality, "temperature": self.temperature, "rounds": report}
+        out = pa.table({"id": pa.array([ids[i] for i in chosen], pa.string()),
+                        "selection_round": pa.array(rounds_of, pa.int32())})
+        return out.replace_schema_metadata({REPORT_KEY: json.dumps(self.report_).encode()})
+
+    def _loss_ratios(self, ids: list[str], context: RunContext, round_: int) -> np.ndarray:
+        """Per selected row: the proxy's mean token loss after training on the selection so far,
+        divided by its loss before (the reference proxy)."""
+        from ..models.lm import context_limit, encode_records
+        from ..models.stats import sequence_stats
+        from ..models.train import TrainedProxy, train_proxy
+        from ..schemas.proxy import TrainConfig
+
+        read = getattr(self, "pool_rows_", None)
+        if read is None:
+            raise ValueError("kmeans: refinement trains on the selected rows; set pool_rows_ (the pipeline does)")
+        records = [{"id": r["id"], "messages": r["messages"], "text": r["text"], "extra": r.get("extra")}
+                   for r in read(ids)]
+        spec = self.prepared_.get("proxy")
+        if spec is None:
+            raise ValueError("kmeans: no refinement proxy prepared (prepare() with rounds > 1 makes one)")
+        start = TrainedProxy.open(spec["path"]) if "path" in spec else spec["model"]
+        mode = "full" if "path" in spec else self.proxy_mode
+        config = TrainConfig(mode=mode, fraction=1.0, seed=context.seed, epochs=self.train_epochs,
+                             batch_size=self.train_batch_size, lr=self.train_lr, max_length=context.max_length,
+                             warmup_ratio=0.0)
+        trained = train_proxy(start, records, config, device=context.device, progress=sys.stderr.isatty(),
+                              trust_remote_code=self.trust_remote_code)
+        if "path" in spec:
+            before, tokenizer = start.load(device=context.device, dtype=context.dtype)
+        else:
+            from ..models.lm import load_causal_lm
+
+            before, tokenizer = load_causal_lm(spec["model"], device=context.device, dtype=context.dtype,
+                                               trust_remote_code=self.trust_remote_code)
+        after, _ = trained.load(device=context.device, dtype=context.dtype)
+        limit = context_limit(before)
+        examples = encode_records(tokenizer, records, min(context.max_length, limit) if limit else context.max_length)
+        loss_before = sequence_stats(before, examples, batch_tokens=context.batch_tokens)["loss"]
+        loss_after = sequence_stats(after, examples, batch_tokens=context.batch_tokens)["loss"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = loss_after.astype(np.float64) / loss_before
+        return np.where(loss_before > 0, ratio, np.nan)
+
+    def model_info(self) -> dict[str, dict]:
+        from ..models.loading import fingerprint, resolve_model
+
+        path = getattr(self, "model_path_", self.model)
+        info = {"kmeans.embedder": {"model": self.model, "path": resolve_model(path), "sha256": fingerprint(path),
+                                    "pooling": self.pooling, "text": self.text}}
+        proxy = (getattr(self, "prepared_", None) or {}).get("proxy")
+        if proxy:
+            info["kmeans.proxy"] = dict(proxy)
+        return info
+
+
+# -- centroid files on any Beam filesystem ----------------------------------------------------------
+def _to_safetensors(centroids: np.ndarray, counts: np.ndarray) -> bytes:
+    from safetensors.numpy import save
+
+    return save({"centroids": np.ascontiguousarray(centroids, dtype=np.float32),
+                 "counts": np.ascontiguousarray(counts, dtype=np.int64)})
+
+
+def _from_safetensors(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    from safetensors.numpy import load
+
+    tensors = load(data)
+    return tensors["centroids"], tensors["counts"]
+
+
+def _exists(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(path)
+
+
+def _read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    parent = path.rsplit("/", 1)[0]
+    if not FileSystems.exists(parent):
+        FileSystems.mkdirs(parent)
+    tmp = path + ".inprogress"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
