@@ -107,3 +107,14 @@ def tiny_causal(tmp_path_factory) -> str:
                      bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     GPT2LMHeadModel(cfg).save_pretrained(d, safe_serialization=True)
     return str(d)
+
+
+def install_plugin(tmp_path, monkeypatch, module: str, source: str, entry_points: dict[str, str]) -> None:
+    """Install a real distribution (module + .dist-info with entry points) on sys.path."""
+    (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {module}:{cls}\n" for name, cls in entry_points.items())
+    (dist / "entry_points.txt").write_text(f"[tamis.selectors]\n{lines}")
+    monkeypatch.syspath_prepend(str(tmp_path))

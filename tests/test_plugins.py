@@ -5,6 +5,8 @@ import pytest
 
 from tamis.selectors import registry
 
+from .conftest import install_plugin
+
 PLUGIN = '''
 import numpy as np
 from tamis.selectors import Selector
@@ -23,13 +25,7 @@ class LengthSelector(Selector):
 
 @pytest.fixture
 def installed_plugin(tmp_path, monkeypatch):
-    """A real installed distribution (a .dist-info with entry_points.txt) on sys.path."""
-    (tmp_path / "tamis_length_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "tamis_length_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tamis-length-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[tamis.selectors]\nlength = tamis_length_plugin:LengthSelector\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_plugin(tmp_path, monkeypatch, "tamis_length_plugin", PLUGIN, {"length": "LengthSelector"})
     yield
     sys.modules.pop("tamis_length_plugin", None)
 

@@ -26,7 +26,8 @@ from .sources import expand, read_records, read_targets
 
 WORK = "_work"
 # Config keys that do not change any score: a run that differs only in these resumes.
-_NOT_SCORING = {"budget", "out", "runner", "workers", "beam_args", "overwrite", "select_by", "decontaminate"}
+_NOT_SCORING = {"budget", "out", "runner", "workers", "beam_args", "overwrite", "select_by", "decontaminate",
+                "score_attempts"}
 
 
 @dataclass
@@ -160,7 +161,8 @@ def _metrics(result) -> dict[str, Any]:
 
 def run_context(config: SelectConfig) -> RunContext:
     return RunContext(device=config.device, dtype=config.dtype, max_length=config.max_length,
-                      batch_tokens=config.batch_tokens, seed=config.seed, work_dir=f"{config.out.rstrip('/')}/{WORK}")
+                      batch_tokens=config.batch_tokens, seed=config.seed, work_dir=f"{config.out.rstrip('/')}/{WORK}",
+                      score_attempts=config.score_attempts)
 
 
 def prepare_selectors(config: SelectConfig, selectors, targets) -> dict[str, dict]:

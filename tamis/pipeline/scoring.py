@@ -56,10 +56,7 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         for chunk in batch:
             start = time.perf_counter()
-            columns: dict[str, np.ndarray] = {}
-            if chunk.records:
-                for selector in model:
-                    columns.update(selector.score(chunk.records))
+            chunk, columns = score_chunk(model, chunk, self._context.score_attempts, self._context.retry_backoff_s)
             Metrics.counter(NAMESPACE, "scored").inc(len(chunk.records))
             Metrics.distribution(NAMESPACE, "score_ms_per_chunk").update(int(1000 * (time.perf_counter() - start)))
             yield PredictionResult(chunk, columns, getattr(model, "info", None))
@@ -69,6 +66,57 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
 
     def get_metrics_namespace(self) -> str:
         return "tamis_inference"
+
+
+def _score_all(model: Sequence[Selector], records: list[dict]) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {}
+    for selector in model:
+        columns.update(selector.score(records))
+    return columns
+
+
+def _with_retries(fn, attempts: int, backoff_s: float):
+    """``fn()``, retried up to ``attempts`` times with exponential backoff; re-raises the last error."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            Metrics.counter(NAMESPACE, "score_retries").inc()
+            time.sleep(backoff_s * 2 ** attempt)
+
+
+def score_chunk(model: Sequence[Selector], chunk: ValidChunk, attempts: int = 3,
+                backoff_s: float = 0.5) -> tuple[ValidChunk, dict[str, np.ndarray]]:
+    """Score a chunk, retrying a failed call (local runners do not retry bundles).
+
+    The whole chunk is retried first, so a transient fault changes nothing: the same rows are
+    batched the same way. If it still fails, rows are scored one by one (with retries); a row
+    that fails every attempt moves to the rejects with the error, and the rest are kept.
+    """
+    if not chunk.records:
+        return chunk, {}
+    try:
+        return chunk, _with_retries(lambda: _score_all(model, chunk.records), attempts, backoff_s)
+    except Exception:
+        pass
+    from ..schemas.records import record_to_json
+
+    kept, flags, parts, rejects = [], [], [], list(chunk.rejects)
+    for record, flag in zip(chunk.records, chunk.matches_target):
+        try:
+            parts.append(_with_retries(lambda: _score_all(model, [record]), attempts, backoff_s))
+        except Exception as e:
+            reason = f"scoring failed after {attempts} attempts: {type(e).__name__}: {e}".replace("\n", " ")
+            rejects.append({"id": record["id"], "raw": record_to_json(record), "reason": reason[:1000],
+                            "source": f"{chunk.name} (scoring)"})
+            Metrics.counter(NAMESPACE, "score_failures").inc()
+            continue
+        kept.append(record)
+        flags.append(flag)
+    columns = {c: np.concatenate([p[c] for p in parts]) for c in (parts[0] if parts else {})}
+    return ValidChunk(chunk.name, chunk.lines, kept, flags, rejects, chunk.read_seconds), columns
 
 
 def worker_models(selectors: Sequence[Selector]) -> str:

@@ -35,6 +35,7 @@ class SelectConfig(BaseModel):
     workers: int = Field(default=1, ge=1, description="local worker processes (DirectRunner multi_processing when >1)")
     beam_args: list[str] = Field(default_factory=list, description="extra Beam pipeline options, passed through")
     overwrite: bool = Field(default=False, description="replace an existing run in OUT made with another config")
+    score_attempts: int = Field(default=3, ge=1, description="tries per scoring call before its rows are rejected")
 
     @field_validator("target")
     @classmethod

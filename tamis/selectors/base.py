@@ -57,6 +57,8 @@ class RunContext:
     batch_tokens: int = 16_384  # padded tokens per model batch
     seed: int = 0
     work_dir: str | None = None  # a local folder for caches (trained proxies, features)
+    score_attempts: int = 3  # tries per scoring call before a row is rejected (local runners never retry)
+    retry_backoff_s: float = 0.5  # first wait between tries; doubles each time
 
 
 class Selector:
