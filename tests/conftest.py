@@ -21,6 +21,17 @@ def _proxy_cache(tmp_path_factory):
     os.environ["TAMIS_CACHE"] = str(tmp_path_factory.mktemp("tamis_cache"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run as fast on one torch thread, and a shared 2-core machine stays responsive."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _beam_tmp(tmp_path, monkeypatch):
     """Beam leaves temp folders in TMPDIR: keep them inside the test's own folder."""

@@ -24,12 +24,7 @@ CROWD = {"crowd_widths": [16, 32], "crowd_checkpoints": 4, "calibration_size": 1
          "proxy_epochs": 2, "lr": 5e-3, "batch_size": 16, "n_layer": 1, "vocab_size": 300, "context": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine: threads only add waiting
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def simulate(n_subjects, n_items, seed=0, a_sd=0.0):

@@ -21,14 +21,7 @@ TINY_PROXY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 300, "conte
               "epochs": 1, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -31,13 +31,7 @@ TINY_LM = {"runs": 2, "sample_size": 200, "batch_size": 16, "n_layer": 1, "n_emb
 CLASSES = ["noun.plant", "noun.animal", "noun.person", "noun.artifact"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine run far faster without intra-op threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def demo_labels() -> dict[str, str]:

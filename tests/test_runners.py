@@ -12,7 +12,6 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from apache_beam.internal import pickler
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import SetupOptions
@@ -27,16 +26,6 @@ SCORES = ["score_rds_animal", "score_rds_food"]
 
 def read_shards(out) -> pa.Table:
     return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_portable_and_multiprocess_runners_match_the_default_bit_for_bit(tmp_path, targets_dir, tiny_encoder, one_thread):

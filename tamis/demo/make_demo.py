@@ -5,7 +5,6 @@ something to show, and the food and animal dev sets as targets. Run from the rep
 ``python tamis/demo/make_demo.py ../shared/bench/wordnet``.
 """
 import gzip
-import json
 import random
 import sys
 from pathlib import Path
