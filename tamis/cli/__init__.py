@@ -74,6 +74,7 @@ def select(
     runner: Optional[str] = typer.Option(None, "--runner", help="DirectRunner (default), PortableRunner, DataflowRunner, FlinkRunner"),
     workers: Optional[int] = typer.Option(None, "--workers", help="local worker processes"),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="replace a run with another config in --out"),
+    score_attempts: Optional[int] = typer.Option(None, "--score-attempts", help="tries per scoring call before its rows are rejected"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check the options and build the pipeline; read and run nothing"),
 ):
@@ -90,7 +91,7 @@ def select(
         overrides = dict(pool=pool or None, selector=selector or None, select_by=select_by, budget=budget, out=out,
                          shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
                          decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
-                         workers=workers, overwrite=overwrite, beam_args=list(ctx.args) or None)
+                         workers=workers, overwrite=overwrite, score_attempts=score_attempts, beam_args=list(ctx.args) or None)
         if target:
             overrides["target"] = parse_target_pairs(target)
         if param:
