@@ -142,12 +142,21 @@ def test_three_refinement_rounds_record_weights_in_the_manifest(tmp_path, pool, 
 
 
 def test_quality_from_another_selectors_column(tmp_path, pool, tiny_encoder, targets_dir):
+    """With quality = another selector's score and a low temperature, each cluster's picks are
+    its best-scored rows; with uniform quality they are not."""
     kw = dict(selector=["rds", "kmeans"], select_by="kmeans", target={"food": targets_dir["food"]})
-    run(tmp_path, pool, tiny_encoder, "q", param={"kmeans.quality": "score_rds_food", "kmeans.temperature": 0.25}, **kw)
-    t = shards(tmp_path / "q")
-    food = t.column("score_rds_food").to_numpy()
-    chosen = t.column("selected").to_numpy(zero_copy_only=False)
-    assert chosen.sum() == 30 and food[chosen].mean() > food.mean() + 0.5 * food.std()
+
+    def mean_percentile(name, quality):
+        run(tmp_path, pool, tiny_encoder, name, param={"kmeans.quality": quality, "kmeans.temperature": 0.1}, **kw)
+        t = shards(tmp_path / name)
+        food = t.column("score_rds_food").to_numpy()
+        percentile = food.argsort().argsort() / (len(food) - 1)
+        chosen = t.column("selected").to_numpy(zero_copy_only=False)
+        assert chosen.sum() == 30
+        return percentile[chosen].mean()
+
+    weighted, uniform = mean_percentile("q", "score_rds_food"), mean_percentile("u", "uniform")
+    assert weighted > uniform + 0.1, (weighted, uniform)
     assert json.loads(Path(tmp_path, "q", "manifest.json").read_text())["resolved"]["select_by"] == "kmeans"
     with pytest.raises(ValueError, match="score_rds_animal"):
         run(tmp_path, pool, tiny_encoder, "bad", param={"kmeans.quality": "score_rds_animal"}, **kw)

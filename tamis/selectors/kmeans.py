@@ -28,8 +28,8 @@ sampling (kMQ), with optional iterative refinement.
 random sampling under equal quotas, (1/k) / (the cluster's share of the sample); rows of small
 clusters score high. The quality factor exp(q/T) is applied at selection, since other
 selectors' columns exist only then. ``selection_round`` (1-based) is set by the selection pass
-when kmeans drives it: null for rows not selected. Scoring writes -1 (the conformance suite wants
-a typed array), which stays only where another selector drove the selection.
+when kmeans drives it; it is null for rows not selected, and everywhere when another selector
+drives the selection.
 
 Randomness comes from a hash of (run seed, row id), so the same seed gives the same selection
 whatever the sharding or row order.
@@ -324,7 +324,7 @@ class KMeansSelector(Selector):
             "score_kmeans": self.weight_[cluster],
             "cluster": cluster,
             "cluster_distance": np.sqrt(np.maximum(dist2[:, 0], 0)).astype(np.float32),
-            "selection_round": np.full(len(records), -1, dtype=np.int32),  # set by the selection pass
+            "selection_round": np.full(len(records), None, dtype=object),  # null until the selection pass sets it
         }
 
     # -- selection: quotas, quality-weighted draws, refinement -------------------------------------
