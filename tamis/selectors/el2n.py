@@ -155,6 +155,34 @@ def save_heads(path, heads: list[dict], classes: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def cached_heads(kind: str, kept: list[tuple[dict, object]], embed, *, embedder: str, pooling: str,
+                 max_length: int, grid: list[tuple[int, int]], lr: float, batch_size: int, seed: int) -> tuple[str, str]:
+    """Classifier heads on embeddings of labelled records, one per (hidden, epochs) in ``grid``,
+    trained once and cached under a hash of their inputs. ``embed(texts)`` makes the features.
+    Returns (path of the safetensors file, cache key). EL2N/GraNd and the IRT classifier crowd
+    both use it."""
+    from ..models.cache import cache_root, content_hash, key_lock, slice_digest
+    from ..models.loading import fingerprint
+
+    classes = sorted({json.dumps(v) for _, v in kept})
+    inputs = {"kind": kind, "slice": slice_digest(r for r, _ in kept), "labels": [json.dumps(v) for _, v in kept],
+              "embedder": fingerprint(embedder) or embedder, "pooling": pooling, "max_length": max_length,
+              "grid": [list(g) for g in grid], "lr": lr, "batch_size": batch_size, "seed": seed}
+    key = content_hash(inputs)
+    root = cache_root()
+    path = root / f"{kind}-{key}.safetensors"
+    with key_lock(root, key):
+        if not path.is_file():
+            features = embed([render(r) for r, _ in kept])
+            index = {c: i for i, c in enumerate(classes)}
+            y = np.array([index[json.dumps(v)] for _, v in kept], dtype=np.int64)
+            heads = [train_heads(features, y, len(classes), runs=1, epochs=e, hidden=h, lr=lr,
+                                 batch_size=batch_size, seed=seed + i)[0]
+                     for i, (h, e) in enumerate(grid)]
+            save_heads(path, heads, classes)
+    return str(path), key
+
+
 def load_heads(path) -> tuple[list[dict], list[str]]:
     from safetensors import safe_open
 
@@ -251,32 +279,15 @@ class _DifficultySelector(Selector):
         return {"data_kind": "lm", "proxies": proxies}
 
     def prepare_classification(self, sample: list[dict], labels: list, context: RunContext) -> dict:
-        from ..models.cache import cache_root, content_hash, key_lock, slice_digest
-        from ..models.loading import fingerprint
 
         kept = [(r, v) for r, v in zip(sample, labels) if v is not None]
         if not kept:
             raise ValueError(f"{self.name}: data_kind='classification' but no sampled record has a label in extra")
-        classes = sorted({json.dumps(v) for _, v in kept})
-        inputs = {"kind": "el2n-heads", "slice": slice_digest(r for r, _ in kept),
-                  "labels": [json.dumps(v) for _, v in kept],
-                  "embedder": fingerprint(self.embedder) or self.embedder, "pooling": self.pooling,
-                  "max_length": context.max_length, "runs": self.runs, "hidden": self.head_hidden,
-                  "epochs": self.head_epochs, "lr": self.head_lr, "batch_size": self.head_batch_size,
-                  "seed": context.seed}
-        key = content_hash(inputs)
-        root = cache_root()
-        path = root / f"heads-{key}.safetensors"
-        with key_lock(root, key):
-            if not path.is_file():
-                features = self.make_embedder(context).embed([render(r) for r, _ in kept])
-                index = {c: i for i, c in enumerate(classes)}
-                y = np.array([index[json.dumps(v)] for _, v in kept], dtype=np.int64)
-                heads = train_heads(features, y, len(classes), runs=self.runs, epochs=self.head_epochs,
-                                    hidden=self.head_hidden, lr=self.head_lr, batch_size=self.head_batch_size,
-                                    seed=context.seed)
-                save_heads(path, heads, classes)
-        return {"data_kind": "classification", "heads": str(path), "key": key, "examples": len(kept)}
+        grid = [(self.head_hidden, self.head_epochs)] * self.runs  # N runs, each its own seed
+        path, key = cached_heads("el2n-heads", kept, self.make_embedder(context).embed, embedder=self.embedder,
+                                 pooling=self.pooling, max_length=context.max_length, grid=grid, lr=self.head_lr,
+                                 batch_size=self.head_batch_size, seed=context.seed)
+        return {"data_kind": "classification", "heads": path, "key": key, "examples": len(kept)}
 
     def make_embedder(self, context: RunContext):
         from ..models.embedder import HiddenStateEmbedder

@@ -197,33 +197,17 @@ class IRTSelector(Selector):
 
     def _train_heads(self, sample: list[dict], context: RunContext) -> dict:
         """One head per (size, training length) on frozen embeddings of the labelled sample."""
-        from ..models.cache import cache_root, content_hash, key_lock, slice_digest
-        from ..models.loading import fingerprint
-        from .el2n import record_label, render, save_heads, train_heads
+        from .el2n import cached_heads, record_label
 
         kept = [(r, record_label(r)) for r in sample]
         kept = [(r, v) for r, v in kept if v is not None]
         if not kept:
             raise ValueError("irt: data_kind='classification' but no sampled record has a label in extra")
-        classes = sorted({json.dumps(v) for _, v in kept})
         grid = [(int(h), int(e)) for h in self.head_sizes for e in self.head_epochs]
-        inputs = {"kind": "irt-heads", "slice": slice_digest(r for r, _ in kept), "labels": [json.dumps(v) for _, v in kept],
-                  "embedder": fingerprint(self.embedder) or self.embedder, "pooling": self.pooling,
-                  "max_length": context.max_length, "grid": grid, "lr": self.head_lr,
-                  "batch_size": self.head_batch_size, "seed": context.seed}
-        key = content_hash(inputs)
-        root = cache_root()
-        path = root / f"irt-heads-{key}.safetensors"
-        with key_lock(root, key):
-            if not path.is_file():
-                features = self._embedder(context).embed([render(r) for r, _ in kept])
-                index = {c: i for i, c in enumerate(classes)}
-                y = np.array([index[json.dumps(v)] for _, v in kept], dtype=np.int64)
-                heads = [train_heads(features, y, len(classes), runs=1, epochs=e, hidden=h, lr=self.head_lr,
-                                     batch_size=self.head_batch_size, seed=context.seed + i)[0]
-                         for i, (h, e) in enumerate(grid)]
-                save_heads(path, heads, classes)
-        return {"subjects": [{"hidden": h, "epochs": e} for h, e in grid], "heads": str(path), "key": key}
+        path, key = cached_heads("irt-heads", kept, self._embedder(context).embed, embedder=self.embedder,
+                                 pooling=self.pooling, max_length=context.max_length, grid=grid, lr=self.head_lr,
+                                 batch_size=self.head_batch_size, seed=context.seed)
+        return {"subjects": [{"hidden": h, "epochs": e} for h, e in grid], "heads": path, "key": key}
 
     def _embedder(self, context: RunContext):
         from ..models.embedder import HiddenStateEmbedder
