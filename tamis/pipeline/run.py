@@ -227,16 +227,17 @@ def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[s
 
 def _shard_meta(path: str) -> tuple[int, int]:
     """(rows, input lines) of a shard, from its Parquet footer alone."""
-    import io
-
     import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
 
+    with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return _rows_and_lines(pq.read_metadata(f))
+
+
+def _rows_and_lines(meta) -> tuple[int, int]:
     from .scoring import META_LINES
 
-    with _fs().open(path) as f:
-        meta = pq.ParquetFile(io.BytesIO(f.read())).metadata
-    kv = meta.metadata or {}
-    return meta.num_rows, int(kv.get(META_LINES, b"0"))
+    return meta.num_rows, int((meta.metadata or {}).get(META_LINES, b"0"))
 
 
 def count_outputs(out: str) -> dict[str, int]:
@@ -244,21 +245,22 @@ def count_outputs(out: str) -> dict[str, int]:
     import io
 
     import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
 
     out = out.rstrip("/")
     counts = {"input": 0, "accepted": 0, "rejected": 0, "selected": 0, "matches_target": 0, "duplicates": 0}
     for path in _list(f"{out}/shards/part-*.parquet"):
         with _fs().open(path) as f:
-            data = f.read()
-        rows, lines = _shard_meta(path)
+            shard = pq.ParquetFile(io.BytesIO(f.read()))  # one read: footer and two columns
+        rows, lines = _rows_and_lines(shard.metadata)
         counts["input"] += lines
         counts["accepted"] += rows
-        table = pq.read_table(io.BytesIO(data), columns=["selected", "matches_target"])
+        table = shard.read(columns=["selected", "matches_target"])
         counts["selected"] += sum(table.column("selected").to_pylist())
         counts["matches_target"] += sum(table.column("matches_target").to_pylist())
     for path in _list(f"{out}/rejects/*.parquet"):
-        with _fs().open(path) as f:
-            n = pq.ParquetFile(io.BytesIO(f.read())).metadata.num_rows
+        with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            n = pq.read_metadata(f).num_rows
         counts["rejected"] += n
         if path.rsplit("/", 1)[-1].startswith("duplicates-"):
             counts["duplicates"] += n

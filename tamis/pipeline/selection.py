@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..schemas.output import REJECT_SCHEMA
+from ..schemas.records import record_to_json
 from .scoring import write_parquet
 
 # A custom rule's report (JSON bytes in the returned table's schema metadata) and its file in the work folder.
@@ -160,7 +161,7 @@ class RewriteShard(beam.DoFn):
             keep = np.ones(table.num_rows, dtype=bool)
             keep[list(drop)] = False
             dropped = table.filter(pa.array(~keep))
-            rejects = [{"id": rid, "raw": _row_json(r), "reason": f"duplicate id (first in shard {first[0]}, row {first[1]})",
+            rejects = [{"id": rid, "raw": record_to_json(r), "reason": f"duplicate id (first in shard {first[0]}, row {first[1]})",
                         "source": f"{name} row {row}"}
                        for (row, (rid, first)), r in zip(sorted(drop.items()), dropped.to_pylist())]
             write_parquet(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
@@ -180,15 +181,6 @@ class RewriteShard(beam.DoFn):
                                  pa.array([p[1] if p else [] for p in picked], pa.list_(pa.string())))
         write_parquet(table.replace_schema_metadata(metadata), path)
         yield int(pc.sum(table.column("selected")).as_py() or 0)
-
-
-def _row_json(row: dict) -> str:
-    import json
-
-    from ..schemas.records import record_to_json
-
-    return record_to_json({"id": row["id"], "messages": row["messages"], "text": row["text"], "extra": row["extra"]}) \
-        if row else json.dumps(row)
 
 
 def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranking: Ranking,
