@@ -16,7 +16,7 @@ out_console = Console()
 
 def fail(message: str) -> None:
     """One clear line on stderr, exit status 2."""
-    console.print(f"[bold red]tamis:[/] {message}", highlight=False)
+    console.print(f"[bold red]tamis:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -38,7 +38,8 @@ def print_metrics(metrics: dict) -> None:
                       highlight=False)
 
 
-def print_counts(counts: dict, timings: dict | None = None, chunks: dict | None = None) -> None:
+def print_counts(counts: dict, timings: dict | None = None, chunks: dict | None = None,
+                 notes: list[str] | None = None) -> None:
     c = counts
     ok = c["input"] == c["accepted"] + c["rejected"] and c["selected"] <= c["accepted"]
     mark = "[green]ok[/]" if ok else "[bold red]BROKEN[/]"
@@ -49,6 +50,8 @@ def print_counts(counts: dict, timings: dict | None = None, chunks: dict | None 
     if chunks:
         out_console.print(f"  chunks: {chunks.get('computed', 0)} scored, {chunks.get('reused', 0)} reused from an earlier run",
                           highlight=False)
+    for note in notes or []:
+        out_console.print(f"  note: {note}", highlight=False, markup=False)
     if timings:
         out_console.print("  time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in timings.items()), highlight=False)
 
@@ -115,7 +118,7 @@ def select(
     except user_errors as e:
         fail(str(e).strip("'\""))
     out_console.print(f"[bold]tamis select[/] -> {cfg.out}", highlight=False)
-    print_counts(summary.counts, summary.timings, summary.chunks)
+    print_counts(summary.counts, summary.timings, summary.chunks, summary.manifest.get("notes"))
     print_metrics(summary.manifest.get("metrics", {}))
 
 
@@ -137,7 +140,7 @@ def reselect(
         fail(error_line(e))
     except user_errors as e:
         fail(str(e).strip("'\""))
-    print_counts(summary.counts)
+    print_counts(summary.counts, notes=summary.manifest.get("notes"))
 
 
 @app.command("selectors")

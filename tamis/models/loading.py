@@ -111,6 +111,17 @@ def _remote_files(uri: str) -> list:
     return sorted(found, key=lambda m: m.path)
 
 
+def _below(rel: str, uri: str) -> str:
+    """``rel`` as a path below the model's local copy; refused where it would land elsewhere
+    (a remote listing is data, and object stores allow names like ``model/../../x``)."""
+    from pathlib import PurePosixPath
+
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or any(p in (".", "..") for p in parts):
+        raise ValueError(f"model {uri!r}: file {rel!r} would be copied outside the model folder")
+    return rel
+
+
 def localize(path: str) -> str:
     """A local path for a model: remote URIs are copied once per machine, anything else is returned as is.
 
@@ -131,9 +142,14 @@ def localize(path: str) -> str:
     from .cache import key_lock
 
     base = path.rstrip("/")
-    name = base.rsplit("/", 1)[-1]
+    name = _below(base.rsplit("/", 1)[-1], path)
     files = _remote_files(path)
     single = len(files) == 1 and files[0].path.rstrip("/") == base
+    if not single:  # every file must land inside the copy: checked before anything is written
+        for m in files:
+            if not m.path.startswith(base + "/"):
+                raise ValueError(f"model {path!r}: listed file {m.path!r} is not under it")
+            _below(m.path[len(base):].lstrip("/"), path)
     listing = [(m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files]
     key = hashlib.sha256(json.dumps([base, listing], default=str).encode()).hexdigest()[:20]
     root = model_cache_root()

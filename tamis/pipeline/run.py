@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -272,6 +273,19 @@ def check_counts(counts: dict[str, int]) -> None:
         raise RuntimeError(f"accounting identity broken (input == accepted + rejected, selected <= accepted): {counts}")
 
 
+def run_notes(counts: dict[str, int], budget: float, decontaminate: bool) -> list[str]:
+    """Outcomes a user may not expect, in words: the CLI prints them and the manifest keeps them."""
+    eligible = counts["accepted"] - (counts["matches_target"] if decontaminate else 0)
+    if counts["accepted"] == 0:
+        return ["no accepted rows (an empty pool, or every line rejected): nothing was scored or selected"]
+    if budget >= 1 and budget > eligible:
+        return [f"budget {int(budget)} is more than the {eligible} eligible rows: at most {eligible} can be selected"]
+    if budget < 1 and math.floor(budget * eligible) == 0:
+        return [f"budget {budget} of {eligible} eligible rows rounds down to 0 rows: nothing selected "
+                "(give a row count instead)"]
+    return []
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -357,6 +371,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
         "targets": {t: len(v) for t, v in (targets or {}).items()},
         "counts": counts,
         "chunks": {"planned": len(planned), "reused": len(reused), "computed": len(planned - reused)},
+        "notes": run_notes(counts, budget, config.decontaminate),
         "timings": timings,
         "metrics": metrics,
     }
@@ -396,6 +411,7 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
     manifest["resolved"]["budget"] = budget
     manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
     manifest["counts"] = counts
+    manifest["notes"] = run_notes(counts, budget, config.decontaminate)
     manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
     manifest["timings"]["reselect_s"] = time.perf_counter() - t0
     _merge_selection_report(manifest, out)

@@ -38,8 +38,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def check_name(name: str, what: str) -> str:
-    """Selector and task names become column and file names: keep them plain."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    """Selector and task names become column and file names: keep them plain (no path
+    separators, no leading dot, no trailing newline, which ``$`` alone would let through)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"{what} {name!r} must be letters, digits, '_', '.' or '-' (and start with a letter or digit)")
     return name
 

@@ -1,0 +1,4 @@
+"""``python -m tamis``: the same command line as ``tamis``."""
+from .cli import main
+
+main()
