@@ -7,9 +7,13 @@ results, are fixed by the examples themselves. Outputs come back in input order.
 * :func:`sequence_stats` is one forward pass: mean token loss over the scored tokens, their
   count, and token EL2N, the mean over scored tokens of ||p_t - onehot(y_t)||_2, computed as
   sqrt(sum p^2 - 2 p_y + 1) so the vocabulary-sized one-hot never exists.
-* :func:`per_example_grads` runs ``torch.func.vmap`` over ``grad`` of ``functional_call``:
-  a chunk of examples gets its gradients in one batched pass instead of a backward per example.
-  The same step can Adam-precondition them (LESS), project them and L2-normalize them.
+* :func:`per_example_grads` gives each example of a chunk its own gradient in one batched pass
+  instead of a backward per example. Two exact routes: when every differentiated parameter is
+  the weight of a bias-free ``nn.Linear`` (LoRA's A and B matrices), one ordinary batched
+  backward to the layers' outputs and an einsum of inputs by output gradients per example
+  (``"linear"``); for any other parameters, ``torch.func.vmap`` over ``grad`` of
+  ``functional_call`` (``"vmap"``). The same step can Adam-precondition the gradients (LESS),
+  project them and L2-normalize them.
 
 An example with no scored token (say, its answer was truncated away) gets a NaN loss and EL2N,
 a count of 0 and a zero gradient.
@@ -122,9 +126,96 @@ def adam_precondition(g, m, v, betas: tuple[float, float] = ADAM_BETAS, eps: flo
     return m_new / (v_new + eps).sqrt()
 
 
+def linear_weight_modules(model, names: Sequence[str]) -> list | None:
+    """The ``nn.Linear`` module of each parameter when every one is the weight of a bias-free
+    Linear layer (LoRA's A and B are), else None: the condition for the ``"linear"`` route."""
+    import torch
+
+    modules = []
+    for name in names:
+        if not name.endswith(".weight"):
+            return None
+        try:
+            module = model.get_submodule(name[: -len(".weight")])
+        except AttributeError:
+            return None
+        if type(module) is not torch.nn.Linear or module.bias is not None:
+            return None
+        modules.append(module)
+    return modules
+
+
+def _iter_linear_grad_chunks(model, examples: Sequence[Encoded], names: list[str], modules: list, *,
+                             chunk_size: int, batch_tokens: int) -> Iterator[tuple[list[int], object]]:
+    """Per-example gradients of Linear weights from one batched backward.
+
+    For y = x W^T the gradient of example n's loss is sum_t dL_n/dy[n, t] x[n, t]^T. Examples in
+    a batch do not interact (causal mask, padding masked out, no batch statistics), so the
+    gradient of the *sum* of per-example losses with respect to y[n] is example n's own; the
+    per-example weight gradient is then one batched matmul of output gradients by inputs.
+    """
+    import torch
+
+    device, pad = model_device(model), _pad_id(model)
+    calls: dict[int, list[tuple[object, object]]] = {id(m): [] for m in modules}
+
+    def remember(module, inputs, output):
+        calls[id(module)].append((inputs[0], output))
+
+    handles = [m.register_forward_hook(remember) for m in modules]
+    named = dict(model.named_parameters())
+    needed = [named[k] for k in names]
+    flags = [p.requires_grad for p in needed]
+    try:
+        for p in needed:
+            p.requires_grad_(True)
+        for chunk in token_batches([len(e) for e in examples], batch_tokens, max_rows=chunk_size):
+            for seen in calls.values():
+                seen.clear()
+            ids, mask, labels = pad_batch([examples[i] for i in chunk], pad, device)
+            with torch.enable_grad():
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                nll, scored = token_nll(logits, labels)
+                losses = nll.sum(1) / scored.sum(1).clamp_min(1)
+                outputs = [out for m in modules for _, out in calls[id(m)]]
+                grads_out = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+            pieces, g = [], iter(grads_out)
+            for m in modules:
+                total = None
+                for x, _ in calls[id(m)]:
+                    dy = next(g)
+                    if dy is None:
+                        continue
+                    x2 = x.reshape(len(chunk), -1, x.shape[-1]).float()
+                    dy2 = dy.reshape(len(chunk), -1, dy.shape[-1]).float()
+                    part = torch.bmm(dy2.transpose(1, 2), x2)  # [n, out, in]
+                    total = part if total is None else total + part
+                if total is None:
+                    total = torch.zeros((len(chunk), *m.weight.shape), device=device)
+                pieces.append(total.reshape(len(chunk), -1))
+            yield chunk, torch.cat(pieces, dim=1)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(needed, flags):
+            p.requires_grad_(flag)
+        for seen in calls.values():
+            seen.clear()
+
+
 def _iter_grad_chunks(model, examples: Sequence[Encoded], names: list[str], *, chunk_size: int,
-                      batch_tokens: int) -> Iterator[tuple[list[int], object]]:
-    """(indices, flat fp32 gradients [len(indices), D]) chunk by chunk, via vmap(grad(functional_call))."""
+                      batch_tokens: int, method: str = "auto") -> Iterator[tuple[list[int], object]]:
+    """(indices, flat fp32 gradients [len(indices), D]) chunk by chunk, by the fastest exact route
+    (``method``: "auto", "linear" or "vmap"; see the module docstring)."""
+    if method not in ("auto", "linear", "vmap"):
+        raise ValueError(f"method must be 'auto', 'linear' or 'vmap', got {method!r}")
+    modules = linear_weight_modules(model, names) if method != "vmap" else None
+    if method == "linear" and modules is None:
+        raise ValueError("method='linear' needs every parameter to be the weight of a bias-free nn.Linear")
+    if modules is not None:
+        yield from _iter_linear_grad_chunks(model, examples, names, modules, chunk_size=chunk_size,
+                                            batch_tokens=batch_tokens)
+        return
     import torch
     from torch.func import functional_call, grad, vmap
 
@@ -148,10 +239,12 @@ def _iter_grad_chunks(model, examples: Sequence[Encoded], names: list[str], *, c
 def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Sequence[str] = "trainable",
                       chunk_size: int = 8, batch_tokens: int = 4096, projector=None, normalize: bool = False,
                       adam_moments: dict | None = None, adam_betas: tuple[float, float] = ADAM_BETAS,
-                      adam_eps: float = ADAM_EPS, project_buffer_bytes: int = 256 << 20) -> np.ndarray:
+                      adam_eps: float = ADAM_EPS, project_buffer_bytes: int = 256 << 20,
+                      method: str = "auto") -> np.ndarray:
     """Per-example gradients of the mean scored-token loss, [N, D] or [N, projector.out_dim] fp32.
 
-    ``chunk_size`` rows and ``batch_tokens`` padded tokens per vmap call bound the memory.
+    ``chunk_size`` rows and ``batch_tokens`` padded tokens per batched pass bound the memory;
+    ``method`` picks the route (module docstring), "auto" the Linear route whenever it applies.
     Order of operations: Adam preconditioning (when ``adam_moments`` maps each name to
     (exp_avg, exp_avg_sq)), then the projection, then L2 normalization. Gradients wait in a buffer
     of up to ``project_buffer_bytes`` before projecting, so a projection too large to keep whole
@@ -185,7 +278,8 @@ def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Seque
     was_training = model.training
     model.eval()
     try:
-        for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens):
+        for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens,
+                                             method=method):
             if moments is not None:
                 flat = adam_precondition(flat, *moments, betas=adam_betas, eps=adam_eps)
             pending.append((chunk, flat))
@@ -198,14 +292,15 @@ def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Seque
 
 
 def per_example_grad_norms(model, examples: Sequence[Encoded], *, params: str | Sequence[str] = "all",
-                           chunk_size: int = 8, batch_tokens: int = 4096) -> np.ndarray:
+                           chunk_size: int = 8, batch_tokens: int = 4096, method: str = "auto") -> np.ndarray:
     """||gradient||_2 per example (GraNd) without keeping the [N, D] gradients."""
     names = grad_param_names(model, params)
     out = np.zeros(len(examples), dtype=np.float32)
     was_training = model.training
     model.eval()
     try:
-        for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens):
+        for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens,
+                                             method=method):
             out[chunk] = flat.norm(dim=1).detach().cpu().numpy()
     finally:
         model.train(was_training)

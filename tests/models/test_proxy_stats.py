@@ -118,14 +118,29 @@ def lora_model(tiny):
     return lora.eval(), examples
 
 
-def test_vmap_lora_grads_equal_batch_one_backward(lora_model):
+@pytest.mark.parametrize("method", ["vmap", "linear"])
+def test_lora_grads_equal_batch_one_backward(lora_model, method):
     model, examples = lora_model
     names = grad_param_names(model)
     assert names and all("lora_" in n for n in names)
-    fast = per_example_grads(model, examples[:6], chunk_size=8)
+    # Rows of different lengths in one chunk: padding must not leak into any example's gradient.
+    assert len({len(e) for e in examples[:6]}) > 1
+    fast = per_example_grads(model, examples[:6], chunk_size=8, method=method)
     slow = loop_grads(model, examples[:6], names).numpy()
     assert np.abs(fast - slow).max() < 1e-5
     assert np.abs(slow).max() > 1e-4  # the comparison is not between zeros
+    assert not model.training and all(p.requires_grad for n, p in model.named_parameters() if n in names)
+
+
+def test_linear_route_only_where_it_is_exact(lora_model, tiny):
+    from tamis.models.stats import linear_weight_modules
+
+    model, _ = lora_model
+    assert linear_weight_modules(model, grad_param_names(model)) is not None
+    full, _, examples = tiny
+    assert linear_weight_modules(full, grad_param_names(full, "all")) is None  # embeddings, norms, biases
+    with pytest.raises(ValueError, match="bias-free nn.Linear"):
+        per_example_grads(full, examples[:2], params="all", method="linear")
 
 
 def test_adam_preconditioned_projected_normalized_grads(lora_model):
