@@ -58,6 +58,7 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
             start = time.perf_counter()
             chunk, columns = score_chunk(model, chunk, self._context.score_attempts, self._context.retry_backoff_s)
             Metrics.counter(NAMESPACE, "scored").inc(len(chunk.records))
+            report_counters(model)
             Metrics.distribution(NAMESPACE, "score_ms_per_chunk").update(int(1000 * (time.perf_counter() - start)))
             yield PredictionResult(chunk, columns, getattr(model, "info", None))
 
@@ -66,6 +67,17 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
 
     def get_metrics_namespace(self) -> str:
         return "tamis_inference"
+
+
+def report_counters(model: LoadedSelectors) -> None:
+    """Turn each selector's running totals into Beam counters (the increments since last time)."""
+    seen = model.__dict__.setdefault("counters_seen", {})
+    for selector in model:
+        for name, total in selector.counters().items():
+            key = f"{selector.name}_{name}"
+            if total != seen.get(key, 0):
+                Metrics.counter(NAMESPACE, key).inc(total - seen.get(key, 0))
+                seen[key] = total
 
 
 def _score_all(model: Sequence[Selector], records: list[dict]) -> dict[str, np.ndarray]:

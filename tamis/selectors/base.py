@@ -172,6 +172,12 @@ class Selector:
         (EL2N/GraNd's offset window: the very top is often label noise). 0 by default."""
         return 0.0
 
+    def counters(self) -> dict[str, int]:
+        """Running totals this worker has counted (say, features reused from a store and
+        computed); the pipeline adds them up across workers into the manifest's metrics as
+        ``<name>_<counter>``."""
+        return {}
+
     def model_info(self) -> dict[str, dict]:
         """Models this selector used, for the manifest: name -> {"path", "sha256", ...}."""
         return {}

@@ -12,6 +12,7 @@ ENTRY_POINT_GROUP = "tamis.selectors"
 # name -> "module:Class"; imported only when asked for, so listing stays fast.
 BUILTIN = {
     "rds": "tamis.selectors.rds:RDSSelector",
+    "less": "tamis.selectors.less:LessSelector",
     "kmeans": "tamis.selectors.kmeans:KMeansSelector",
     "irt": "tamis.selectors.irt:IRTSelector",
     "color": "tamis.selectors.color:ColorFilterSelector", "el2n": "tamis.selectors.el2n:EL2NSelector", "grand": "tamis.selectors.el2n:GraNdSelector",
