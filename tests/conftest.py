@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,44 @@ def install_plugin(tmp_path, monkeypatch, module: str, source: str, entry_points
     lines = "".join(f"{name} = {module}:{cls}\n" for name, cls in entry_points.items())
     (dist / "entry_points.txt").write_text(f"[tamis.selectors]\n{lines}")
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+# A selector plugin that holds a run mid-pass, so a test can kill it there.
+GATE = '''
+import itertools
+import os
+import time
+
+import numpy as np
+from tamis.selectors import Selector
+
+CALLS = itertools.count(1)
+
+
+class Gate(Selector):
+    """Score = characters of content. After ``free`` scoring calls in one process, a call waits
+    until the file ``gate`` exists: the test holds a run there, mid-pass, to kill it."""
+    name = "gate"
+
+    def __init__(self, gate: str = "", free: int = 3):
+        self.gate = gate
+        self.free = free
+
+    def score(self, records):
+        if next(CALLS) > self.free:
+            while not os.path.exists(self.gate):
+                time.sleep(0.05)
+        n = [len(r["text"] or "") + sum(len(m["content"]) for m in r["messages"] or []) for r in records]
+        return {"score_gate": np.array(n, dtype=np.float32)}
+'''
+
+
+@pytest.fixture
+def gate_plugin(tmp_path, monkeypatch):
+    """The gate plugin, installed for this process and (through PYTHONPATH) for subprocesses."""
+    plugin_dir = tmp_path / "plugin"
+    plugin_dir.mkdir()
+    install_plugin(plugin_dir, monkeypatch, "tamis_gate_plugin", GATE, {"gate": "Gate"})
+    yield {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    sys.modules.pop("tamis_gate_plugin", None)

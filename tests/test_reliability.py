@@ -25,7 +25,7 @@ from tamis.schemas import SelectConfig, config_error_line
 from tamis.schemas.records import MAX_RECORD_BYTES
 from tamis.selectors import registry
 
-from .conftest import demo_records, install_plugin, write_jsonl
+from .conftest import demo_records, write_jsonl
 
 cli = CliRunner()
 
@@ -35,46 +35,6 @@ def read_shards(out) -> pa.Table:
 
 
 # -- resume after a real kill --------------------------------------------------------------------
-
-GATE = '''
-import itertools
-import os
-import time
-
-import numpy as np
-from tamis.selectors import Selector
-
-CALLS = itertools.count(1)
-
-
-class Gate(Selector):
-    """Score = characters of content. After ``free`` scoring calls in one process, a call waits
-    until the file ``gate`` exists: the test holds a run there, mid-pass, to kill it."""
-    name = "gate"
-
-    def __init__(self, gate: str = "", free: int = 3):
-        self.gate = gate
-        self.free = free
-
-    def score(self, records):
-        if next(CALLS) > self.free:
-            while not os.path.exists(self.gate):
-                time.sleep(0.05)
-        n = [len(r["text"] or "") + sum(len(m["content"]) for m in r["messages"] or []) for r in records]
-        return {"score_gate": np.array(n, dtype=np.float32)}
-'''
-
-
-@pytest.fixture
-def gate_plugin(tmp_path, monkeypatch):
-    """The gate plugin, installed for this process and (through PYTHONPATH) for subprocesses."""
-    plugin_dir = tmp_path / "plugin"
-    plugin_dir.mkdir()
-    install_plugin(plugin_dir, monkeypatch, "tamis_gate_plugin", GATE, {"gate": "Gate"})
-    yield {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    sys.modules.pop("tamis_gate_plugin", None)
-
 
 def test_a_killed_run_resumes_reusing_its_shards_and_matches_an_uninterrupted_run(tmp_path, gate_plugin, targets_dir,
                                                                                     tiny_encoder, one_thread):
