@@ -189,11 +189,15 @@ def token_nll(logits, labels):
     """Per-position negative log-likelihood [B, T-1] (fp32) and its mask; logits at t predict t+1."""
     import torch
 
-    targets = labels[:, 1:]
-    mask = targets != -100
+    batch, width, vocab = logits.shape
+    # Cross-entropy over the last dimension of a contiguous [B*T, V] view: the fast kernel (a
+    # transposed [B, V, T] input is 2-3x slower on CPU). The last position predicts nothing.
+    shifted = torch.full_like(labels, -100)
+    shifted[:, :-1] = labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets.clamp_min(0), reduction="none"
-    )
+        logits.reshape(batch * width, vocab).float(), shifted.reshape(-1).clamp_min(0), reduction="none"
+    ).view(batch, width)[:, :-1]
+    mask = shifted[:, :-1] != -100
     return nll * mask, mask
 
 
