@@ -30,6 +30,10 @@ TINY = {"lora_r": 4, "lora_alpha": 16.0, "proj_dim": 64, "fraction": 0.1, "epoch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def read_shards(out) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("*.parquet")))
+
+
 @pytest.fixture(scope="module")
 def pool():
     return demo_records(600)
@@ -160,7 +164,7 @@ def test_pipeline_run_then_a_new_task_reuses_pool_features(pool, targets_dir, tm
                           out=str(tmp_path / "b"), budget=30, shard_rows=100, max_length=64, param=params)
     assert second.manifest["metrics"]["less_features_reused"] == 9
     assert "less_features_computed" not in second.manifest["metrics"]
-    table = pa.concat_tables(pq.read_table(p) for p in sorted(Path(tmp_path, "b", "shards").glob("*.parquet")))
+    table = read_shards(tmp_path / "b")
     scores = table.column("score_less_animal").to_numpy()
     assert np.isfinite(scores).sum() >= 290 and table.column("selected").to_numpy(zero_copy_only=False).sum() == 30
 
@@ -208,5 +212,4 @@ def test_a_run_killed_with_the_feature_store_half_written_resumes_from_it(tmp_pa
     fresh = [a.replace(str(store), str(tmp_path / "store2")) for a in args]
     reference = CliRunner().invoke(app, fresh + ["--out", str(tmp_path / "ref")])
     assert reference.exit_code == 0, reference.output
-    read = lambda d: pa.concat_tables(pq.read_table(p) for p in sorted(Path(d, "shards").glob("*.parquet")))  # noqa: E731
-    assert read(out).equals(read(tmp_path / "ref"))
+    assert read_shards(out).equals(read_shards(tmp_path / "ref"))

@@ -131,8 +131,6 @@ class LessSelector(Selector):
 
     # -- features and scores (per worker) -----------------------------------------------------------
     def fit(self, targets, prepared=None):
-        import torch
-
         from ..models.features import FeatureStore
         from ..models.projection import RademacherProjector
         from ..models.stats import grad_dim
@@ -141,7 +139,6 @@ class LessSelector(Selector):
         super().fit(targets, prepared)
         if not self.prepared_.get("proxy"):
             raise ValueError("less: nothing prepared (run prepare() first: it trains the warm-up proxy)")
-        torch.manual_seed(0)  # nothing random should remain, but keep any stray draw repeatable
         self.proxy_ = TrainedProxy.open(self.prepared_["proxy"])
         self.model_, self.tokenizer_ = self.proxy_.load(0, device=self.context_.device, dtype=self.context_.dtype,
                                                         trainable=True)
