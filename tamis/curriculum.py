@@ -33,9 +33,16 @@ where ``probe(model) -> (answers, difficulty)`` and :func:`hf_callback` calls
 
 The probe: a few hundred rows scored by the same ``irt`` run but kept out of training. Judge the
 model's answers on them as the crowd was judged, so theta and b share a scale: right when its
-mean token loss is under the run's threshold (``manifest.json``: ``prepared.irt.loss_threshold``)
-or, for classification rows, when it predicts the label. ``benchmarks/curriculum_wordnet.py``
-does all of this end to end.
+mean token loss is under the run's threshold (``manifest.json``: ``prepared.irt.loss_threshold``;
+:func:`lm_probe_answers`) or, for classification rows, when it predicts the label. A mean token
+loss depends on the tokenizer, so the threshold means the same only for a model that tokenizes
+as the crowd did (the crowd's tokenizer is in every subject's folder); with another tokenizer
+theta lands on a shifted scale. ``benchmarks/curriculum_wordnet.py`` does all of this end to end.
+
+A learner trained from scratch answers every probe row wrong at first, so its first theta is
+far below the easiest row's b: DDS-MAE then trains on the ``min_items`` easiest rows and raises
+the threshold by 0.1 per epoch until the learner's theta improves. Such epochs are short, so
+compare DDS-MAE with other orders at equal optimizer steps, not at equal epochs.
 """
 from __future__ import annotations
 
@@ -116,7 +123,7 @@ class DDSMAE:
         self.theta_ = float(theta)
         items = self.items()
         self.history_.append({"epoch": len(self.history_), "theta": float(theta), "improved": bool(improved),
-                              "threshold": self.threshold_, "items": int(len(items))})
+                              "threshold": self.threshold_, "items": len(items)})
         return self.threshold_
 
     def items(self) -> np.ndarray:
@@ -197,6 +204,20 @@ class CurriculumSampler(Sampler):
         return self.epoch_size if self.epoch_size is not None else len(self._admitted())
 
 
+def lm_probe_answers(model, examples, threshold: float, batch_tokens: int = 16_384):
+    """A causal LM's 1/0 answers on encoded probe rows, judged as the ``irt`` selector's LM crowd
+    was: right when the mean loss over the row's scored tokens is under ``threshold``; NaN for a
+    row with no scored token. Runs in eval mode and restores the model's mode."""
+    from .selectors.irt import _below, mean_losses
+
+    was_training = model.training
+    model.eval()
+    try:
+        return _below(mean_losses(model, examples, batch_tokens), threshold)
+    finally:
+        model.train(was_training)
+
+
 def hf_callback(sampler: CurriculumSampler, probe: Callable):
     """A Hugging Face ``TrainerCallback`` that runs DDS-MAE at the start of every epoch:
     ``probe(model)`` returns (answers, difficulty[, discrimination]) on the probe set."""
@@ -210,4 +231,4 @@ def hf_callback(sampler: CurriculumSampler, probe: Callable):
     return DDSMAECallback()
 
 
-__all__ = ["DDSMAE", "CurriculumSampler", "epoch_items", "hf_callback", "THRESHOLD_STEP", "MIN_ITEMS"]
+__all__ = ["DDSMAE", "MIN_ITEMS", "THRESHOLD_STEP", "CurriculumSampler", "epoch_items", "hf_callback"]

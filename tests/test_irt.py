@@ -15,7 +15,12 @@ torch = pytest.importorskip("torch")
 import tamis  # noqa: E402
 from tamis.curriculum import DDSMAE, CurriculumSampler, epoch_items, hf_callback  # noqa: E402
 from tamis.irt import estimate_theta, fit_irt, fit_items  # noqa: E402
-from tamis.selectors.irt import curriculum_stage, read_responses, response_matrix  # noqa: E402
+from tamis.selectors.irt import (  # noqa: E402
+    crowd_spread,
+    curriculum_stage,
+    read_responses,
+    response_matrix,
+)
 
 from .conftest import demo_records, write_jsonl  # noqa: E402
 
@@ -106,6 +111,13 @@ def test_estimate_theta_is_map_and_orders_abilities():
     # MAP: the gradient of log-likelihood plus the N(0, 1) log prior vanishes there.
     p = 1 / (1 + np.exp(-(theta[:, None] - b)))
     np.testing.assert_allclose((answers - p).sum(1) - theta, 0.0, atol=1e-6)
+
+
+def test_crowd_spread_counts_subjects_that_answer_everything_alike():
+    answers = np.array([[0, 0, 0, 0], [1, 0, 1, np.nan], [1, 1, 1, 1], [np.nan] * 4, [0, np.nan, 0, 0]])
+    spread = crowd_spread(answers)
+    np.testing.assert_allclose(spread["subject_correct"], [0, 2 / 3, 1, np.nan, 0])
+    assert spread["subjects_all_wrong"] == 2 and spread["subjects_all_right"] == 1
 
 
 # -- scheduler and sampler -------------------------------------------------------------------------
@@ -215,6 +227,26 @@ def test_hugging_face_trainer_follows_the_sampler():
 
 
 # -- how the crowds answer -------------------------------------------------------------------------
+def test_a_learner_is_judged_on_the_probe_as_the_lm_crowd_was(tiny_causal):
+    from tamis.curriculum import lm_probe_answers
+    from tamis.models.lm import Encoded, encode_records, load_causal_lm
+    from tamis.selectors.irt import mean_losses
+
+    model, tok = load_causal_lm(tiny_causal)
+    examples = encode_records(tok, demo_records(40), 64) + [Encoded([1, 2, 3], [False, False, False])]
+    loss = mean_losses(model, examples, batch_tokens=512)
+    threshold = float(np.median(loss[:-1]))
+    model.train()
+    answers = lm_probe_answers(model, examples, threshold, batch_tokens=512)
+    assert model.training  # its mode is given back; the answers were taken without dropout
+    np.testing.assert_array_equal(answers[:-1], (loss[:-1] < threshold).astype(float))
+    assert np.isnan(answers[-1]) and 0.4 <= np.nanmean(answers) <= 0.6
+    # Fed to DDS-MAE as they are: NaN answers are skipped, and more right answers, more ability.
+    b = np.linspace(-2, 2, len(examples))
+    theta = DDSMAE(b).estimate_theta(answers, b)
+    assert DDSMAE(b).estimate_theta(np.where(np.isnan(answers), np.nan, 1.0), b) > theta
+
+
 def test_lm_crowd_losses_are_the_mean_scored_token_loss(tiny_causal):
     from tamis.models.lm import Encoded, encode_records, load_causal_lm
     from tamis.models.stats import sequence_stats
@@ -279,6 +311,15 @@ def test_select_with_a_crowd_writes_difficulty_and_a_curriculum(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     prepared = manifest["prepared"]["irt"]
     assert len(prepared["subjects"]) == len(prepared["theta"]) == 8
+    # The crowd's spread is on record: each subject's share right on the calibration rows agrees
+    # with its fitted ability, and the count of subjects that answered every row alike.
+    calibration = prepared["calibration"]
+    share = np.array(calibration["subject_correct"])
+    assert len(share) == 8 and np.all((share >= 0) & (share <= 1))
+    assert share.mean() == pytest.approx(calibration["mean_correct"], abs=0.02)  # no row lacks a loss
+    assert calibration["subjects_all_wrong"] == int((share == 0).sum()) < 8
+    theta = np.array(prepared["theta"])
+    assert spearman(share, theta) > 0.9  # 1PL: ability is monotone in the count right
     assert "irt.crowd.w16" in manifest["models"] and "irt.crowd.w32" in manifest["models"]
     stage = table.column("curriculum_stage").to_numpy()
     np.testing.assert_array_equal(stage, curriculum_stage(b, prepared["stage_edges"]))

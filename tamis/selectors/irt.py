@@ -161,7 +161,7 @@ class IRTSelector(Selector):
             "theta": fit.theta.tolist(), "se_theta": fit.se_theta.tolist(), "loss_threshold": threshold,
             "stage_edges": stage_edges(fit.b, self.n_stages),
             "calibration": {"rows": len(calibration), "mean_correct": float(np.nanmean(responses)),
-                            "converged": fit.converged, "iterations": fit.iterations,
+                            **crowd_spread(responses), "converged": fit.converged, "iterations": fit.iterations,
                             "difficulty_quantiles": np.quantile(fit.b, [0, 0.25, 0.5, 0.75, 1]).tolist()},
             "crowd_train_rows": len(sample),
         }
@@ -317,6 +317,20 @@ def curriculum_stage(b: np.ndarray, edges) -> np.ndarray:
     return np.searchsorted(np.asarray(edges, dtype=np.float64), b32 - 1e-6, side="left")
 
 
+def crowd_spread(responses: np.ndarray) -> dict:
+    """How informative a crowd is on the calibration rows: each subject's share of right answers,
+    and how many subjects answer every row alike. Such a subject says nothing about which rows are
+    harder (under 1PL the items' order depends only on their counts of right answers, which such
+    a subject raises for every item or for none), so a crowd with many has few distinct
+    difficulties: checkpoints taken too early answer everything wrong."""
+    answered = np.isfinite(responses)
+    count = answered.sum(1)
+    share = np.where(answered, responses, 0.0).sum(1) / np.maximum(count, 1)
+    share = np.where(count > 0, share, np.nan)  # a subject with no answers is neither
+    return {"subject_correct": [float(v) for v in share],
+            "subjects_all_wrong": int(np.sum(share == 0.0)), "subjects_all_right": int(np.sum(share == 1.0))}
+
+
 def _below(losses: np.ndarray, threshold: float) -> np.ndarray:
     """1 where the loss is under the threshold, 0 where not, NaN where there is no loss."""
     with np.errstate(invalid="ignore"):
@@ -460,4 +474,12 @@ def response_matrix(table: pa.Table) -> tuple[np.ndarray, list[str], list[str]]:
     return matrix, [str(s) for s in subjects], [str(i) for i in items]
 
 
-__all__ = ["IRTSelector", "stage_edges", "curriculum_stage", "mean_losses", "read_responses", "response_matrix"]
+__all__ = [
+    "IRTSelector",
+    "crowd_spread",
+    "curriculum_stage",
+    "mean_losses",
+    "read_responses",
+    "response_matrix",
+    "stage_edges",
+]
