@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/kmeans-diversity")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the result files, e.g. rounds3")
     a = ap.parse_args()
 
     import pyarrow as pa
@@ -143,9 +144,10 @@ def main() -> None:
     print(f"random: {r['domains_mean']:.1f} ± {r['domains_sd']:.1f} domains (min {r['domains_min']}, "
           f"max {r['domains_max']}), entropy {r['entropy_mean']:.3f} ± {r['entropy_sd']:.3f}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "kmeans_diversity.json").write_text(json.dumps(result, indent=2))
-    plot(result, RESULTS / "kmeans_diversity.png")
-    print(f"written {RESULTS / 'kmeans_diversity.json'} and kmeans_diversity.png")
+    stem = "kmeans_diversity" + (f"_{a.tag}" if a.tag else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    plot(result, RESULTS / f"{stem}.png")
+    print(f"written {RESULTS / stem}.json and {stem}.png")
 
 
 if __name__ == "__main__":
