@@ -32,6 +32,11 @@ class RademacherProjector:
         self._matrix = None
 
     @property
+    def keeps_matrix(self) -> bool:
+        """True when the whole matrix fits under ``cache_bytes`` and is kept after the first use."""
+        return self.in_dim * self.out_dim * 4 <= self.cache_bytes
+
+    @property
     def n_tiles(self) -> int:
         return -(-self.in_dim // self.tile_rows)
 
@@ -58,7 +63,7 @@ class RademacherProjector:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"expected rows of {self.in_dim} values, got {x.shape[-1]}")
         x = x.to(device=self.device, dtype=torch.float32)
-        if self._matrix is None and self.in_dim * self.out_dim * 4 <= self.cache_bytes:
+        if self._matrix is None and self.keeps_matrix:
             self._matrix = self.dense()
         if self._matrix is not None:
             return x @ self._matrix

@@ -247,8 +247,8 @@ def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Seque
     ``method`` picks the route (module docstring), "auto" the Linear route whenever it applies.
     Order of operations: Adam preconditioning (when ``adam_moments`` maps each name to
     (exp_avg, exp_avg_sq)), then the projection, then L2 normalization. Gradients wait in a buffer
-    of up to ``project_buffer_bytes`` before projecting, so a projection too large to keep whole
-    regenerates its tiles once per buffer rather than once per chunk. The model runs in eval mode
+    of up to ``project_buffer_bytes`` before projecting when the projection is too large to keep
+    whole, so its tiles are regenerated once per buffer rather than once per chunk. The model runs in eval mode
     (no dropout) and its parameters are left untouched.
     """
     import torch
@@ -283,7 +283,8 @@ def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Seque
             if moments is not None:
                 flat = adam_precondition(flat, *moments, betas=adam_betas, eps=adam_eps)
             pending.append((chunk, flat))
-            if projector is None or sum(len(c) for c, _ in pending) * dim * 4 >= project_buffer_bytes:
+            # A kept matrix costs nothing to reuse: project every chunk and hold no raw gradients.
+            if projector is None or projector.keeps_matrix or sum(len(c) for c, _ in pending) * dim * 4 >= project_buffer_bytes:
                 flush()
         flush()
     finally:
