@@ -17,6 +17,7 @@ before the answer counts). The first token is never scored: nothing predicts it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,10 +68,22 @@ def load_causal_lm(name_or_path: str, *, device: str = "cpu", dtype: str = "floa
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     model.to(torch.device(device))
     model.eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """Hide the FutureWarning that peft's wrappers trigger in recent transformers
+    (``is_gradient_checkpointing`` is deprecated): noise to a tamis user, who cannot act on it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def context_limit(model) -> int | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..schemas.proxy import TrainConfig
 from .cache import (cache_root, content_hash, key_lock, read_manifest, record_key, slice_digest,
                     write_json_atomic)
-from .lm import Encoded, context_limit, encode_records, load_causal_lm, pad_batch, token_nll
+from .lm import Encoded, context_limit, encode_records, load_causal_lm, pad_batch, quiet_peft, token_nll
 
 log = logging.getLogger("tamis.models")
 
@@ -239,7 +239,8 @@ def _prepare_model(base: str, init_adapter: str | None, resume_from: Checkpoint 
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=targets, bias="none", task_type="CAUSAL_LM",
                           fan_in_fan_out=_uses_conv1d(model, targets))
-        model = get_peft_model(model, lora)
+        with quiet_peft():
+            model = get_peft_model(model, lora)
     if config.mode == "full":
         for p in model.parameters():
             p.requires_grad_(True)
