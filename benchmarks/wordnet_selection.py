@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip-select", action="store_true", help="reuse a finished run in --out")
     ap.add_argument("--skip-evaluate", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the result file, e.g. big (wordnet_<selector>_big.json)")
     a = ap.parse_args()
 
     bench = Path(a.bench)
@@ -93,7 +94,7 @@ def main() -> None:
             Console().print(format_table(res))
         tamis.reselect(a.out, a.budget)  # leave the run with its round-robin selection
 
-    dest = Path(__file__).parent / "results" / f"wordnet_{a.selector}.json"
+    dest = Path(__file__).parent / "results" / f"wordnet_{a.selector}{'_' + a.tag if a.tag else ''}.json"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text(json.dumps(result, indent=2))
     print(f"written {dest}")
