@@ -213,3 +213,19 @@ def test_a_run_killed_with_the_feature_store_half_written_resumes_from_it(tmp_pa
     reference = CliRunner().invoke(app, fresh + ["--out", str(tmp_path / "ref")])
     assert reference.exit_code == 0, reference.output
     assert read_shards(out).equals(read_shards(tmp_path / "ref"))
+
+
+def test_warm_up_of_a_given_local_model(tiny_causal, pool, targets, tmp_path):
+    """A user's own causal LM (here a local folder, as a hub id would be resolved): LoRA warm-up on
+    it with the paper preset's shape scaled down, then scores for every task."""
+    selector = LessSelector(model=tiny_causal, lora_r=4, lora_alpha=16.0, lr=1e-3, proj_dim=128, fraction=0.1,
+                            epochs=2, batch_size=16, feature_store=str(tmp_path / "store"))
+    assert selector.settings()["preset"] == "paper" and selector.settings()["proj_dim"] == 128
+    prepared = selector.prepare(PoolSample(lambda: pool), targets, CONTEXT)
+    proxy = TrainedProxy.open(prepared["proxy"])
+    assert proxy.mode == "lora" and proxy.base == tiny_causal and len(proxy.checkpoints) == 2
+    selector.setup(CONTEXT)
+    selector.fit(targets, prepared)
+    scores = selector.score(pool[:30])
+    assert set(scores) == {"score_less_animal", "score_less_food"}
+    assert np.isfinite(scores["score_less_food"]).all() and np.ptp(scores["score_less_food"]) > 0
