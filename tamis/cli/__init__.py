@@ -1,12 +1,24 @@
 """The ``tamis`` command line (typer). Every command has a Python twin in ``tamis.api``."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+
+
+class _BeamImportNoise(logging.Filter):
+    """Drops the warning Beam logs on import when Google Cloud clients are partly installed
+    ("apitools not found ..."): it concerns BigQuery, which tamis never uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
+logging.getLogger().addFilter(_BeamImportNoise())
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tamis: pick the training data worth training on.")
