@@ -50,6 +50,7 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
             selector.fit(self._targets, prepared)
             models.append(selector)
         models.info = worker_models(models)
+        models.counters_seen = {}  # selector counter -> the total already reported to Beam
         return models
 
     def run_inference(self, batch: Sequence[ValidChunk], model: LoadedSelectors,
@@ -71,7 +72,7 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
 
 def report_counters(model: LoadedSelectors) -> None:
     """Turn each selector's running totals into Beam counters (the increments since last time)."""
-    seen = model.__dict__.setdefault("counters_seen", {})
+    seen = model.counters_seen
     for selector in model:
         for name, total in selector.counters().items():
             key = f"{selector.name}_{name}"
