@@ -190,8 +190,7 @@ class LessSelector(Selector):
         checkpoint = self.proxy_.checkpoints[ckpt]
         key = self.store_.key(kind="less-adam", proxy=self.prepared_["key"], checkpoint=checkpoint.index,
                               rows=slice_digest(records), max_length=self.context_.max_length,
-                              projection={"dim": self.projector_.out_dim, "seed": self.projector_.seed,
-                                          "tile_rows": self.projector_.tile_rows, "in_dim": self.projector_.in_dim})
+                              projection=self.projector_.definition)
         found = self.store_.get(key)
         if found is not None and found.shape == (len(records), self.projector_.out_dim):
             return found

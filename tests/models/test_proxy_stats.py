@@ -174,12 +174,42 @@ def test_projection_is_seeded_and_blocked_equals_dense():
     a, b = RademacherProjector(50, 8, seed=7, tile_rows=7), RademacherProjector(50, 8, seed=7, tile_rows=7)
     dense = a.dense()
     assert torch.equal(dense, b.dense())
+    assert torch.equal(dense, RademacherProjector(50, 8, seed=7, tile_rows=16).dense())  # blocks do not matter
     assert not torch.equal(dense, RademacherProjector(50, 8, seed=8, tile_rows=7).dense())
     assert dense.abs().unique().tolist() == pytest.approx([8 ** -0.5])
-    assert 0.3 < (dense > 0).float().mean() < 0.7
+    big = RademacherProjector(512, 256, seed=0).dense()
+    assert abs(float((big > 0).float().mean()) - 0.5) < 0.01
+    gram = (big.T @ big).numpy()  # columns nearly orthogonal: E[R^T R] = (in/out) I
+    off = gram[~np.eye(256, dtype=bool)]
+    assert abs(np.diag(gram).mean() - 2.0) < 1e-5 and np.abs(off).max() < 0.5
     x = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
     blocked = RademacherProjector(50, 8, seed=7, tile_rows=7, cache_bytes=0).project(x)  # tile by tile
     assert torch.allclose(blocked, x @ dense, atol=1e-5)
     assert torch.allclose(a.project(x), x @ dense, atol=1e-5)  # cached whole matrix
     # Tiles are generated alone: a later tile does not depend on the earlier ones being made first.
     assert torch.equal(RademacherProjector(50, 8, seed=7, tile_rows=7).tile(3), dense[21:28])
+
+
+def test_projection_signs_follow_their_integer_definition():
+    """The signs are a fixed integer function of (seed, row, column), recomputed here in plain
+    Python ints: a GPU's int64 arithmetic gives the same, so every device builds one matrix."""
+    from tamis.models.projection import _seed32, rademacher_bits
+
+    def mix(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    def bit(seed, row, col, out_dim):
+        index = row * (-(-out_dim // 32)) + col // 32  # one hash per block of 32 columns
+        x = ((index & 0xFFFFFFFF) * 0x9E3779B1 + (index >> 32) * 0x85EBCA77 + _seed32(seed)) & 0xFFFFFFFF
+        return (mix(mix(x)) >> (col % 32)) & 1
+
+    rows = [0, 1, 7, 123_456, 10**9, 3 * 10**11]  # indices past 2**32 use the high word too
+    for out_dim in (8192, 1000):  # and a width that is not a multiple of 32
+        got = rademacher_bits(rows, out_dim, seed=3)
+        for r, row in enumerate(rows):
+            for col in (0, 1, 31, 32, 999):
+                assert int(got[r, col]) == bit(3, row, col, out_dim)
