@@ -85,7 +85,3 @@ class FeatureStore:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(tmp).write_bytes(buf.getvalue())
         os.replace(tmp, path)
-
-    def __len__(self) -> int:
-        """Arrays in the store (local roots only)."""
-        return sum(1 for _ in Path(self.root).glob("*/*.npy")) if not self.remote else 0
