@@ -143,6 +143,7 @@ class LessSelector(Selector):
         self.model_, self.tokenizer_ = self.proxy_.load(0, device=self.context_.device, dtype=self.context_.dtype,
                                                         trainable=True)
         self.loaded_checkpoint_ = 0
+        self.checkpoint_states_ = {}
         self.weights_ = np.asarray(self.prepared_["weights"], dtype=np.float64)
         self.projector_ = RademacherProjector(grad_dim(self.model_), self.prepared_["proj_dim"],
                                               seed=self.proj_seed, device=self.context_.device)
@@ -162,15 +163,24 @@ class LessSelector(Selector):
             self.targets_[task] = (feats, [np.asarray(groups[k]) for k in sorted(groups)])
         return self
 
+    def checkpoint_state(self, ckpt: int) -> tuple[dict, dict]:
+        """(LoRA weights, Adam moments) of checkpoint ``ckpt``, read from disk once per worker:
+        every chunk visits every checkpoint, and both are small next to the frozen base model."""
+        from safetensors.torch import load_file
+
+        if ckpt not in self.checkpoint_states_:
+            checkpoint = self.proxy_.checkpoints[ckpt]
+            self.checkpoint_states_[ckpt] = (load_file(str(checkpoint.path / "adapter_model.safetensors")),
+                                             checkpoint.adam_moments())
+        return self.checkpoint_states_[ckpt]
+
     def use_checkpoint(self, ckpt: int) -> None:
         """Load checkpoint ``ckpt``'s LoRA weights into the worker's one model."""
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
         if getattr(self, "loaded_checkpoint_", 0) == ckpt:
             return
-        path = self.proxy_.checkpoints[ckpt].path / "adapter_model.safetensors"
-        set_peft_model_state_dict(self.model_, load_file(str(path), device=str(self.context_.device)))
+        set_peft_model_state_dict(self.model_, self.checkpoint_state(ckpt)[0])
         self.loaded_checkpoint_ = ckpt
 
     def features(self, examples, ckpt: int, adam: bool) -> np.ndarray:
@@ -178,7 +188,7 @@ class LessSelector(Selector):
         from ..models.stats import per_example_grads
 
         self.use_checkpoint(ckpt)
-        moments = self.proxy_.checkpoints[ckpt].adam_moments(str(self.context_.device)) if adam else None
+        moments = self.checkpoint_state(ckpt)[1] if adam else None
         return per_example_grads(self.model_, examples, adam_moments=moments, projector=self.projector_,
                                  normalize=True, chunk_size=self.chunk_size,
                                  batch_tokens=min(self.context_.batch_tokens, 256 * self.chunk_size))
