@@ -32,7 +32,7 @@ from pathlib import Path
 from ..schemas.proxy import TrainConfig
 from .cache import (cache_root, content_hash, key_lock, read_manifest, record_key, slice_digest,
                     write_json_atomic)
-from .lm import Encoded, context_limit, encode_records, load_causal_lm, pad_batch, quiet_peft, token_nll
+from .lm import Encoded, encode_for_model, load_causal_lm, pad_batch, quiet_peft, token_nll
 
 log = logging.getLogger("tamis.models")
 
@@ -358,9 +358,7 @@ def run_training(run_dir: Path, *, base: str, init_adapter: str | None, records:
     done = finished_checkpoints(run_dir)
     resumed_from = len(done)
     model, tokenizer = _prepare_model(base, init_adapter, done[-1] if done else None, config, device, trust_remote_code)
-    limit = context_limit(model)
-    max_length = min(config.max_length, limit) if limit else config.max_length
-    examples = encode_records(tokenizer, records, max_length)
+    examples = encode_for_model(model, tokenizer, records, config.max_length)
     if not examples:
         raise ValueError("no examples to train on (is the slice empty?)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
