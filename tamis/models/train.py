@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..schemas.proxy import TrainConfig
+from .batching import token_batches
 from .cache import (cache_root, content_hash, key_lock, read_manifest, record_key, slice_digest,
                     write_json_atomic)
 from .lm import Encoded, encode_for_model, load_causal_lm, pad_batch, quiet_peft, token_nll
+from .loading import fingerprint, resolve_model
 
 log = logging.getLogger("tamis.models")
 
@@ -330,8 +332,6 @@ def _step_loss(model, examples: Sequence[Encoded], rows: Sequence[int], config: 
     over all scored tokens of the step, however the rows are split. Returns that loss (float)."""
     import torch
 
-    from .batching import token_batches
-
     total = sum(examples[i].n_scored for i in rows)
     if total == 0:
         return float("nan")
@@ -432,8 +432,6 @@ def step_history(checkpoints: Sequence[Checkpoint]) -> list[dict]:
 def model_identity(model: str | TrainedProxy) -> dict:
     """What a starting model contributes to a cache key: a proxy's key, a local folder's file
     hash, or a hub id as given."""
-    from .loading import fingerprint, resolve_model
-
     if isinstance(model, TrainedProxy):
         return {"proxy": model.key, "checkpoint": model.final.index}
     local = fingerprint(model)
