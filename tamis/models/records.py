@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from .text import render_plain
 
+DATA_KINDS = ("auto", "lm", "classification")  # a selector's data_kind parameter
+
 
 def render(record: dict) -> str:
     """The text an embedder sees: :func:`~tamis.models.text.render_plain`'s "role: content" join."""

@@ -33,11 +33,10 @@ from ..models.embedder import model_record, open_embedder
 from ..models.heads import KINDS, cached_heads, head_scores, label_indices, load_heads
 from ..models.lm import encode_for_model
 from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, proxy_ref
-from ..models.records import data_kind, record_label, render
+from ..models.records import DATA_KINDS, data_kind, record_label, render
 from ..models.stats import per_example_grad_norms, sequence_stats
 from .base import PoolSample, RunContext, Selector
 
-DATA_KINDS = ("auto", "lm", "classification")
 __all__ = ["EL2NSelector", "GraNdSelector", "KINDS"]
 
 

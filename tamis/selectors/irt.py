@@ -57,13 +57,12 @@ from ..models.embedder import model_record, open_embedder
 from ..models.heads import cached_heads, head_from_state, label_indices, load_heads
 from ..models.lm import encode_for_model, load_causal_lm
 from ..models.proxies import ProxySpec, obtain_proxy
-from ..models.records import data_kind, record_label, render
+from ..models.records import DATA_KINDS, data_kind, record_label, render
 from ..models.stats import mean_token_loss
 from .base import RunContext, Selector
 
 # The calibration sample is drawn with its own hash seed, unlike the crowd's training slice.
 CALIBRATION_SEED = 1
-DATA_KINDS = ("auto", "lm", "classification")
 
 
 class IRTSelector(Selector):
