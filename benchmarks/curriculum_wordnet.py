@@ -47,7 +47,7 @@ def crowd_params(args) -> dict:
     return {"crowd_widths": tuple(args.crowd_widths), "crowd_checkpoints": args.crowd_checkpoints,
             "calibration_size": args.calibration, "irt_model": args.irt_model, "sample_size": args.crowd_rows,
             "proxy_epochs": args.crowd_epochs, "batch_size": 32, "lr": args.crowd_lr, "n_layer": args.layers,
-            "n_head": 2, "vocab_size": args.vocab, "context": args.context}
+            "n_head": 2, "vocab_size": args.vocab, "positions": args.context}
 
 
 def split_pool(pool: list[dict], exclude: set[str], train_rows: int, probe_rows: int, eval_rows: int):

@@ -31,7 +31,7 @@ from tamis.models.lm import pad_batch, token_nll
 from tamis.pipeline.sources import read_targets
 from tamis.schemas.records import parse_record
 from tamis.selectors import PoolSample, RunContext
-from tamis.selectors.color import encode_for
+from tamis.models.lm import encode_for_model
 from tamis.selectors.less import LessSelector
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet"
@@ -101,8 +101,8 @@ def main() -> None:
     selector.setup(context)
     selector.fit(targets, prepared)
     rows = pool[a.offset : a.offset + a.rows]
-    examples = encode_for(selector.model_, selector.tokenizer_, rows, context)
-    target_examples = encode_for(selector.model_, selector.tokenizer_, targets[a.task], context)
+    examples = encode_for_model(selector.model_, selector.tokenizer_, rows, context.max_length)
+    target_examples = encode_for_model(selector.model_, selector.tokenizer_, targets[a.task], context.max_length)
     n_ckpt = len(selector.proxy_.checkpoints)
 
     results = {}

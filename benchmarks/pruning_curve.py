@@ -1,7 +1,7 @@
 """Data pruning on real labelled data: EL2N and GraNd against random, on sklearn's digits.
 
 Per seed: a stratified 75/25 train/test split; the training examples are scored by the
-selectors' own classification path (:func:`tamis.selectors.el2n.classifier_scores`, with the
+selectors' own classification path (:func:`tamis.models.heads.classifier_scores`, with the
 selectors' default head, epochs and number of runs); then a fresh small MLP (scikit-learn's
 ``MLPClassifier``) is trained on the kept examples and its test accuracy reported.
 
@@ -62,7 +62,7 @@ def run_condition(x_all, y_all, noise: float, a, defaults: dict) -> dict:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    from tamis.selectors.el2n import classifier_scores
+    from tamis.models.heads import classifier_scores
 
     arms = arm_names(a.skip)
     acc: dict[str, dict[float, list[float]]] = {arm: {k: [] for k in KEEP} for arm in arms}
@@ -99,7 +99,7 @@ def run_condition(x_all, y_all, noise: float, a, defaults: dict) -> dict:
     table = {arm: {str(k): {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v}
                    for k, v in by_keep.items()} for arm, by_keep in acc.items()}
     out = {"label_noise": noise, "n_train": n, "n_test": len(x_test), "accuracy": table,
-           "scoring": {"function": "tamis.selectors.el2n.classifier_scores", **common},
+           "scoring": {"function": "tamis.models.heads.classifier_scores", **common},
            "seconds": {"total": time.perf_counter() - start, "scoring": score_s}}
     if noise > 0:
         out[f"flipped_share_of_top{a.skip:g}"] = {k: float(np.mean(v)) for k, v in flipped_in_top.items()}

@@ -55,6 +55,9 @@ import numpy as np
 # torch loaded anyway, and the sampler must subclass torch's Sampler.
 from torch.utils.data import Sampler
 
+from .irt import estimate_theta, loss_answers
+from .models.stats import mean_token_loss
+
 THRESHOLD_STEP = 0.1  # PUDF: the threshold rises by this much after an epoch without progress
 MIN_ITEMS = 100  # PUDF's --min-train-length
 
@@ -102,8 +105,6 @@ class DDSMAE:
 
     def estimate_theta(self, probe_responses, probe_difficulty, probe_discrimination=None) -> float:
         """MAP ability (N(0, prior_sd^2) prior) from one model's 1/0 answers on the probe items."""
-        from .irt import estimate_theta
-
         responses = np.asarray(probe_responses, dtype=np.float64)
         responses = np.where(responses < 0, 0.0, responses)  # PUDF's -1/+1 answers read as 0/1
         theta, _ = estimate_theta(responses, probe_difficulty, probe_discrimination, prior_sd=self.prior_sd)
@@ -208,12 +209,10 @@ def lm_probe_answers(model, examples, threshold: float, batch_tokens: int = 16_3
     """A causal LM's 1/0 answers on encoded probe rows, judged as the ``irt`` selector's LM crowd
     was: right when the mean loss over the row's scored tokens is under ``threshold``; NaN for a
     row with no scored token. Runs in eval mode and restores the model's mode."""
-    from .selectors.irt import _below, mean_losses
-
     was_training = model.training
     model.eval()
     try:
-        return _below(mean_losses(model, examples, batch_tokens), threshold)
+        return loss_answers(mean_token_loss(model, examples, batch_tokens=batch_tokens), threshold)
     finally:
         model.train(was_training)
 

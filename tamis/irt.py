@@ -379,6 +379,14 @@ def estimate_theta(responses, b, a=None, prior_sd: float = 1.0, iterations: int 
     return (theta_np[0], se_np[0]) if single else (theta_np, se_np)
 
 
+def loss_answers(losses, threshold: float) -> np.ndarray:
+    """Right/wrong answers from losses, as IRT's LM crowd answers and a curriculum's probe is
+    judged: 1 where the loss is under the threshold, 0 where not, NaN where there is no loss."""
+    losses = np.asarray(losses, dtype=np.float64)  # float32 losses compare with the threshold exactly
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(losses), (losses < threshold).astype(np.float64), np.nan)
+
+
 def _standardized(theta):
     sd = theta.std()
     return (theta - theta.mean()) / (sd if float(sd) > 1e-12 else 1.0)
@@ -388,4 +396,4 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float64)
 
 
-__all__ = ["IRTFit", "MODELS", "fit_irt", "fit_items", "estimate_theta"]
+__all__ = ["IRTFit", "MODELS", "fit_irt", "fit_items", "estimate_theta", "loss_answers"]

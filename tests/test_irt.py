@@ -26,7 +26,7 @@ from .conftest import demo_records, write_jsonl  # noqa: E402
 
 # A crowd of 2 widths x 4 checkpoints of 1-layer proxies: enough spread for distinct difficulties.
 CROWD = {"crowd_widths": [16, 32], "crowd_checkpoints": 4, "calibration_size": 100, "sample_size": 150,
-         "proxy_epochs": 2, "lr": 5e-3, "batch_size": 16, "n_layer": 1, "vocab_size": 300, "context": 64}
+         "proxy_epochs": 2, "lr": 5e-3, "batch_size": 16, "n_layer": 1, "vocab_size": 300, "positions": 64}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -230,11 +230,11 @@ def test_hugging_face_trainer_follows_the_sampler():
 def test_a_learner_is_judged_on_the_probe_as_the_lm_crowd_was(tiny_causal):
     from tamis.curriculum import lm_probe_answers
     from tamis.models.lm import Encoded, encode_records, load_causal_lm
-    from tamis.selectors.irt import mean_losses
+    from tamis.models.stats import mean_token_loss
 
     model, tok = load_causal_lm(tiny_causal)
     examples = encode_records(tok, demo_records(40), 64) + [Encoded([1, 2, 3], [False, False, False])]
-    loss = mean_losses(model, examples, batch_tokens=512)
+    loss = mean_token_loss(model, examples, batch_tokens=512)
     threshold = float(np.median(loss[:-1]))
     model.train()
     answers = lm_probe_answers(model, examples, threshold, batch_tokens=512)
@@ -247,17 +247,20 @@ def test_a_learner_is_judged_on_the_probe_as_the_lm_crowd_was(tiny_causal):
     assert DDSMAE(b).estimate_theta(np.where(np.isnan(answers), np.nan, 1.0), b) > theta
 
 
-def test_lm_crowd_losses_are_the_mean_scored_token_loss(tiny_causal):
+def test_the_one_mean_token_loss_is_sequence_stats_loss_bit_for_bit(tiny_causal):
+    """Every selector (CoLoR-Filter, IRT's crowd, kMQ's refinement, the curriculum probe) takes
+    its mean token loss from mean_token_loss; EL2N's sequence_stats must agree to the bit."""
     from tamis.models.lm import Encoded, encode_records, load_causal_lm
-    from tamis.models.stats import sequence_stats
-    from tamis.selectors.irt import mean_losses
+    from tamis.models.stats import mean_token_loss, sequence_stats
 
     model, tok = load_causal_lm(tiny_causal)
     examples = encode_records(tok, demo_records(30), 64) + [Encoded([1, 2, 3], [False, False, False])]
-    got = mean_losses(model, examples, batch_tokens=512)
-    want = sequence_stats(model, examples)["loss"]
-    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-5)
-    assert np.isnan(got[-1]) and np.isnan(want[-1])  # nothing scored: no answer
+    for batch_tokens in (64, 512, 16_384):
+        got = mean_token_loss(model, examples, batch_tokens=batch_tokens)
+        want = sequence_stats(model, examples, batch_tokens=batch_tokens)["loss"]
+        assert got.dtype == want.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[-1])  # nothing scored: no answer
 
 
 def test_classifier_crowd_answers_labels_and_orders_difficulty(tiny_encoder):

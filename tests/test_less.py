@@ -25,7 +25,7 @@ from .conftest import demo_records, write_jsonl  # noqa: E402
 CONTEXT = RunContext(max_length=64, batch_tokens=4096)
 TINY = {"lora_r": 4, "lora_alpha": 16.0, "proj_dim": 64, "fraction": 0.1, "epochs": 3, "batch_size": 16,
         "sample_size": 400, "build_epochs": 1, "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 400,
-        "context": 64}
+        "positions": 64}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

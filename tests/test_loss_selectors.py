@@ -19,15 +19,16 @@ from tamis.models.train import TrainedProxy  # noqa: E402
 from tamis.pipeline.sources import read_targets  # noqa: E402
 from tamis.selectors import PoolSample, RunContext, registry  # noqa: E402
 from tamis.selectors.color import ColorFilterSelector  # noqa: E402
-from tamis.selectors.el2n import EL2NSelector, GraNdSelector, head_scores, train_heads  # noqa: E402
+from tamis.models.heads import head_scores, train_heads  # noqa: E402
+from tamis.selectors.el2n import EL2NSelector, GraNdSelector  # noqa: E402
 
 from .conftest import DEMO, demo_records, write_jsonl  # noqa: E402
 
 CONTEXT = RunContext(max_length=64, batch_tokens=4096)
 TINY_COLOR = {"sample_size": 600, "prior_epochs": 2, "batch_size": 16, "n_layer": 1, "n_embd": 32, "n_head": 2,
-              "vocab_size": 512, "context": 64}
+              "vocab_size": 512, "positions": 64}
 TINY_LM = {"runs": 2, "sample_size": 200, "batch_size": 16, "n_layer": 1, "n_embd": 16, "n_head": 2,
-           "vocab_size": 300, "context": 64}
+           "vocab_size": 300, "positions": 64}
 CLASSES = ["noun.plant", "noun.animal", "noun.person", "noun.artifact"]
 
 

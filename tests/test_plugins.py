@@ -44,6 +44,22 @@ def test_entry_point_plugin_is_listed_and_runs(installed_plugin, tmp_path):
     assert summary.counts["selected"] == 3 and picked["id"] == ["9", "8", "7"]
 
 
+def test_a_plugin_written_outside_tamis_passes_check_selector(tmp_path, monkeypatch, one_thread):
+    """A new selector in under 60 lines, on tamis.models alone, installed as a third party would
+    install it (a distribution with a tamis.selectors entry point), passes the conformance suite."""
+    from pathlib import Path
+
+    from tamis.testing import check_selector
+
+    source = (Path(__file__).parent / "plugins" / "tamis_typical.py").read_text()
+    assert len(source.splitlines()) < 60
+    install_plugin(tmp_path, monkeypatch, "tamis_typical", source, {"typical": "TypicalSelector"})
+    try:
+        check_selector(registry.get("typical"))
+    finally:
+        sys.modules.pop("tamis_typical", None)
+
+
 def test_unknown_names_and_paths_are_refused():
     with pytest.raises(KeyError, match="unknown selector"):
         registry.get("tamis_length_plugin:LengthSelector")

@@ -70,10 +70,12 @@ def write_initial_model(folder: Path, config: ProxyModelConfig, records: list[di
 
 def build_proxy(records: Iterable[dict], config: ProxyModelConfig | None = None, *,
                 cache_dir: str | os.PathLike | None = None, device: str = "cpu", progress: bool = True,
-                stop_after_checkpoint: int | None = None) -> TrainedProxy:
+                stop_after_checkpoint: int | None = None, checkpoints_per_epoch: int = 1) -> TrainedProxy:
     """Build and train (full parameters) a small proxy on a sample of ``records``; cached by
-    (sample, config). Its ``final_model_path`` is a model folder for :func:`train_proxy`."""
+    (sample, config). Its ``final_model_path`` is a model folder for :func:`train_proxy`.
+    ``checkpoints_per_epoch`` above 1 saves more checkpoints along the way (IRT's crowd)."""
     config = config or ProxyModelConfig()
+    train = config.pretrain_config().model_copy(update={"checkpoints_per_epoch": checkpoints_per_epoch})
     sample = select_slice(records, 1.0, config.sample_size, config.sample_seed)
 
     def prepare(run_dir: Path) -> str:
@@ -82,6 +84,6 @@ def build_proxy(records: Iterable[dict], config: ProxyModelConfig | None = None,
         return str(run_dir / INIT_DIR)
 
     return train_cached({"kind": "build", "model_config": config.model_dump(mode="json")}, base=None,
-                        init_adapter=None, records=sample, config=config.pretrain_config(), cache_dir=cache_dir,
+                        init_adapter=None, records=sample, config=train, cache_dir=cache_dir,
                         device=device, progress=progress, stop_after_checkpoint=stop_after_checkpoint,
                         prepare=prepare)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .batching import token_batches
-from .loading import load_backbone, load_tokenizer
+from .lm import positions
+from .loading import fingerprint, load_backbone, load_tokenizer, localize, resolve_model
 from .text import clip_chars
 
 POOLINGS = ("weighted_mean", "mean")
@@ -43,11 +44,10 @@ class HiddenStateEmbedder:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling, self.max_length, self.batch_tokens = pooling, max_length, batch_tokens
+        self.path = model  # what was loaded (a local folder, a hub id or an alias)
         self.tokenizer = load_tokenizer(model, trust_remote_code)
         self.model = load_backbone(model, device, dtype, trust_remote_code)
-        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-        if limit:
-            self.max_length = min(self.max_length, int(limit))
+        self.max_length = positions(self.model, max_length)
         self.device = device
         self.dim = int(self.model.config.hidden_size)
 
@@ -71,3 +71,18 @@ class HiddenStateEmbedder:
                 hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
                 out[batch] = pool_hidden(hidden, mask.to(hidden.device), self.pooling).cpu().numpy()
         return out
+
+
+def open_embedder(model: str, *, pooling: str, max_length: int, batch_tokens: int, device: str = "cpu",
+                  dtype: str = "float32", trust_remote_code: bool = False) -> HiddenStateEmbedder:
+    """The one way selectors get an embedder: a remote model (``gs://``, ``s3://``) is first
+    copied to this machine (:func:`~tamis.models.loading.localize`, once per machine)."""
+    return HiddenStateEmbedder(localize(model), pooling=pooling, max_length=max_length, batch_tokens=batch_tokens,
+                               device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def model_record(model: str, loaded: str | None = None, **extra) -> dict:
+    """A model's entry in the run manifest: the name given, the folder loaded (a remote model's
+    local copy once a worker has made it) and its file hash."""
+    path = loaded or model
+    return {"model": model, "path": resolve_model(path), "sha256": fingerprint(path), **extra}

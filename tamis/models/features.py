@@ -9,7 +9,7 @@ renamed, so a killed writer leaves no half file behind.
 
 The root is the ``root`` argument, else ``$TAMIS_CACHE/features``, else
 ``~/.cache/tamis/features``. A root with a scheme (``gs://``, ``s3://``) goes through Beam's
-filesystems, so workers of a distributed run can share one store.
+filesystems (:mod:`tamis.io.blobs`), so workers of a distributed run can share one store.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import blobs
 from .cache import ENV_VAR, content_hash
 
 
@@ -52,13 +53,10 @@ class FeatureStore:
     def get(self, key: str) -> np.ndarray | None:
         path = self.path(key)
         if self.remote:
-            from apache_beam.io.filesystems import FileSystems
-
-            if not FileSystems.exists(path):
+            if not blobs.exists(path):
                 self.misses += 1
                 return None
-            with FileSystems.open(path) as f:
-                data = f.read()
+            data = blobs.read_bytes(path)
         else:
             try:
                 data = Path(path).read_bytes()
@@ -71,17 +69,4 @@ class FeatureStore:
     def put(self, key: str, array: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-        path = self.path(key)
-        tmp = f"{path}.{os.getpid()}.inprogress"
-        if self.remote:
-            from apache_beam.io.filesystems import FileSystems
-
-            with FileSystems.create(tmp) as f:
-                f.write(buf.getvalue())
-            if FileSystems.exists(path):
-                FileSystems.delete([path])
-            FileSystems.rename([tmp], [path])
-            return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(tmp).write_bytes(buf.getvalue())
-        os.replace(tmp, path)
+        blobs.write_bytes(self.path(key), buf.getvalue())

@@ -96,6 +96,24 @@ def context_limit(model) -> int | None:
     return None
 
 
+def positions(model, max_length: int) -> int:
+    """Tokens an example keeps: the run's ``max_length``, cut to the model's positions when it
+    has fewer. The one place this clamp is made (scoring, training and embedding all use it)."""
+    limit = context_limit(model)
+    return min(max_length, limit) if limit else max_length
+
+
+def pad_token_id(model) -> int:
+    """The id batches are padded with: the model's pad token, else its (first) EOS, else 0.
+    Padding is masked out and right-aligned, so the choice never changes a result."""
+    pad = getattr(model.config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.config, "eos_token_id", None)
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0]
+    return int(pad or 0)
+
+
 def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
@@ -175,6 +193,11 @@ def encode_records(tokenizer, records: Sequence[dict], max_length: int) -> list[
     return [encode_record(tokenizer, r, max_length) for r in records]
 
 
+def encode_for_model(model, tokenizer, records: Sequence[dict], max_length: int) -> list[Encoded]:
+    """Records as token ids with loss masks, cut to :func:`positions` (the run's and the model's limit)."""
+    return encode_records(tokenizer, records, positions(model, max_length))
+
+
 def pad_batch(examples: Sequence[Encoded], pad_id: int, device=None):
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 where not scored).
 
@@ -219,6 +242,6 @@ def model_device(model):
 
 
 __all__ = [
-    "Encoded", "load_causal_lm", "context_limit", "has_chat_template", "plain_spans", "chat_spans",
-    "encode_record", "encode_records", "pad_batch", "token_nll", "model_device", "torch_dtype",
+    "Encoded", "load_causal_lm", "context_limit", "positions", "pad_token_id", "has_chat_template", "plain_spans",
+    "chat_spans", "encode_record", "encode_records", "encode_for_model", "pad_batch", "token_nll", "model_device", "torch_dtype",
 ]

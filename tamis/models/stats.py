@@ -26,18 +26,10 @@ import numpy as np
 
 from .batching import token_batches
 from .lm import Encoded, model_device, pad_batch, token_nll
+from .lm import pad_token_id as _pad_id
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-
-
-def _pad_id(model) -> int:
-    pad = getattr(model.config, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(model.config, "eos_token_id", None)
-    if isinstance(pad, (list, tuple)):
-        pad = pad[0]
-    return int(pad or 0)
 
 
 def el2n_from_logits(logits, targets):
@@ -80,6 +72,32 @@ def sequence_stats(model, examples: Sequence[Encoded], *, batch_tokens: int = 16
     finally:
         model.train(was_training)
     return {"loss": loss, "tokens": tokens, "el2n": el2n}
+
+
+def mean_token_loss(model, examples: Sequence[Encoded], *, batch_tokens: int = 16_384,
+                    max_rows: int = 1024) -> np.ndarray:
+    """Mean loss over each example's scored tokens, float32 (NaN when none): the one definition
+    every selector uses. Bit for bit :func:`sequence_stats`' ``loss`` (same batches, same per-row
+    sum), without its EL2N's softmax over the vocabulary."""
+    import torch
+
+    loss = np.full(len(examples), np.nan, dtype=np.float32)
+    device, pad, was_training = model_device(model), _pad_id(model), model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in token_batches([len(e) for e in examples], batch_tokens, max_rows):
+                ids, mask, labels = pad_batch([examples[i] for i in batch], pad, device)
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                for row, i in enumerate(batch):
+                    width = len(examples[i])
+                    nll, scored = token_nll(logits[row : row + 1, :width], labels[row : row + 1, :width])
+                    count = int(scored.sum())
+                    if count:
+                        loss[i] = float(nll.sum()) / count
+    finally:
+        model.train(was_training)
+    return loss
 
 
 def grad_param_names(model, params: str | Sequence[str] = "trainable") -> list[str]:

@@ -25,14 +25,17 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..schemas.proxy import TrainConfig
+from .batching import token_batches
 from .cache import (cache_root, content_hash, key_lock, read_manifest, record_key, slice_digest,
                     write_json_atomic)
-from .lm import Encoded, context_limit, encode_records, load_causal_lm, pad_batch, quiet_peft, token_nll
+from .lm import Encoded, encode_for_model, load_causal_lm, pad_batch, quiet_peft, token_nll
+from .loading import fingerprint, resolve_model
 
 log = logging.getLogger("tamis.models")
 
@@ -166,18 +169,25 @@ def finished_checkpoints(run_dir: Path) -> list[Checkpoint]:
 
 
 # -- schedule -------------------------------------------------------------------------------
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based), as Hugging Face's schedulers give it:
-    linear warmup from 0, then linear or cosine decay to 0 (or constant)."""
-    warmup = math.ceil(config.warmup_ratio * total)
-    if step < warmup:
-        return config.lr * step / max(1, warmup)
-    if config.schedule == "constant":
-        return config.lr
-    progress = (step - warmup) / max(1, total - warmup)
-    if config.schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    return config.lr * max(0.0, 1 - progress)
+# Hugging Face's schedulers: linear warmup from 0, then linear or cosine decay to 0 (or constant).
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+# Part of every training's cache key: the same config trained by another schedule implementation
+# differs in the last bits of its learning rates, so it is another run.
+ENGINE = "tamis-train-v2 (transformers.get_scheduler, torch AdamW.load_state_dict)"
+
+
+def make_scheduler(opt, total: int, config: TrainConfig, start_step: int = 0):
+    """The learning-rate schedule (``transformers.get_scheduler``) over ``total`` optimizer steps,
+    replayed to ``start_step`` when a run resumes: the rate is a function of the step alone."""
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(SCHEDULERS[config.schedule], opt, num_warmup_steps=math.ceil(config.warmup_ratio * total),
+                              num_training_steps=total)
+    with warnings.catch_warnings():  # replaying before any optimizer step is the point here
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+        for _ in range(start_step):
+            scheduler.step()
+    return scheduler
 
 
 def _segment_steps(steps_per_epoch: int, config: TrainConfig) -> list[tuple[int, int, int]]:
@@ -276,17 +286,17 @@ def _save_optimizer(path: Path, opt, named, step: int, avg_lr: float, epoch: flo
 
 
 def _load_optimizer(path: Path, opt, named, step: int) -> None:
+    """Adam's moments of a checkpoint back into ``opt``, through torch's own ``load_state_dict``
+    (which moves them to each parameter's device and dtype)."""
     import torch
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
-    for name, p in named:
-        if "exp_avg." + name in tensors:
-            opt.state[p] = {
-                "step": torch.tensor(float(step)),
-                "exp_avg": tensors["exp_avg." + name].to(p.device, p.dtype),
-                "exp_avg_sq": tensors["exp_avg_sq." + name].to(p.device, p.dtype),
-            }
+    index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    state = {index[id(p)]: {"step": torch.tensor(float(step)), "exp_avg": tensors["exp_avg." + name],
+                            "exp_avg_sq": tensors["exp_avg_sq." + name]}
+             for name, p in named if "exp_avg." + name in tensors}
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
 
 def _save_checkpoint(run_dir: Path, index: int, model, tokenizer, opt, named, config: TrainConfig, *,
@@ -322,8 +332,6 @@ def _step_loss(model, examples: Sequence[Encoded], rows: Sequence[int], config: 
     over all scored tokens of the step, however the rows are split. Returns that loss (float)."""
     import torch
 
-    from .batching import token_batches
-
     total = sum(examples[i].n_scored for i in rows)
     if total == 0:
         return float("nan")
@@ -358,9 +366,7 @@ def run_training(run_dir: Path, *, base: str, init_adapter: str | None, records:
     done = finished_checkpoints(run_dir)
     resumed_from = len(done)
     model, tokenizer = _prepare_model(base, init_adapter, done[-1] if done else None, config, device, trust_remote_code)
-    limit = context_limit(model)
-    max_length = min(config.max_length, limit) if limit else config.max_length
-    examples = encode_records(tokenizer, records, max_length)
+    examples = encode_for_model(model, tokenizer, records, config.max_length)
     if not examples:
         raise ValueError("no examples to train on (is the slice empty?)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -374,6 +380,7 @@ def run_training(run_dir: Path, *, base: str, init_adapter: str | None, records:
     trainable = [p for _, p in named]
     model.train()
     start_step = done[-1].step if done else 0
+    scheduler = make_scheduler(opt, total_steps, config, start_step)
     with _progress(progress, description) as bar:
         task = bar.add_task(description, total=total_steps, completed=start_step, loss="-")
         for index, (epoch, first, end) in enumerate(segments, start=1):
@@ -385,15 +392,16 @@ def run_training(run_dir: Path, *, base: str, init_adapter: str | None, records:
             for step in range(first, end):
                 in_epoch = step - epoch * steps_per_epoch
                 rows = order[in_epoch * config.batch_size : (in_epoch + 1) * config.batch_size].tolist()
-                lr = lr_at(step, total_steps, config)
-                for group in opt.param_groups:
-                    group["lr"] = lr
+                lr = opt.param_groups[0]["lr"]
                 loss = _step_loss(model, examples, rows, config, pad_id, device)
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 if not math.isnan(loss):
                     opt.step()
                 opt.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # a skipped (NaN) first step still advances the schedule
+                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                    scheduler.step()
                 lrs.append(lr)
                 losses.append(loss)
                 segment_history.append({"step": step + 1, "lr": lr, "loss": loss})
@@ -424,8 +432,6 @@ def step_history(checkpoints: Sequence[Checkpoint]) -> list[dict]:
 def model_identity(model: str | TrainedProxy) -> dict:
     """What a starting model contributes to a cache key: a proxy's key, a local folder's file
     hash, or a hub id as given."""
-    from .loading import fingerprint, resolve_model
-
     if isinstance(model, TrainedProxy):
         return {"proxy": model.key, "checkpoint": model.final.index}
     local = fingerprint(model)
@@ -449,7 +455,7 @@ def train_cached(inputs: dict, *, base: str | None, init_adapter: str | None, re
     the base model path when ``base`` is None (the builder writes its initial model there)."""
     if not records:
         raise ValueError(f"{inputs.get('kind', 'training')}: no examples to train on")
-    inputs = {**inputs, "slice": slice_digest(records), "config": config.model_dump(mode="json")}
+    inputs = {**inputs, "slice": slice_digest(records), "config": config.model_dump(mode="json"), "engine": ENGINE}
     key = content_hash(inputs)
     root = cache_root(cache_dir)
     run_dir = root / key

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from ..models.train import select_slice
 from ..schemas.output import score_column
 
 
@@ -39,8 +40,6 @@ class PoolSample:
 
     def sample(self, fraction: float = 1.0, max_examples: int | None = None, seed: int = 42) -> list[dict]:
         """Valid pool records whose id hashes under ``fraction`` (at most ``max_examples``)."""
-        from ..models.train import select_slice
-
         return select_slice(self._read(), fraction, max_examples, seed)
 
     def __iter__(self):

@@ -14,32 +14,12 @@ import sys
 
 import numpy as np
 
+from ..models.lm import encode_for_model
+from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, proxy_ref
+from ..models.stats import mean_token_loss
+from ..models.train import finetune_proxy
+from ..schemas.proxy import TrainConfig
 from .base import PoolSample, RunContext, Selector
-
-
-def proxy_spec(proxy) -> dict:
-    """What a worker needs to load a trained proxy again: its cache folder."""
-    return {"path": str(proxy.path), "key": proxy.key, "checkpoint": proxy.final.index}
-
-
-def load_proxy(spec: dict, context: RunContext, trainable: bool = False):
-    """(model, tokenizer) of a proxy from :func:`proxy_spec`'s dict, or of a plain model id/folder.
-    ``trainable`` keeps LoRA weights differentiable (per-example gradients over them)."""
-    from ..models.lm import load_causal_lm
-    from ..models.train import TrainedProxy
-
-    if "path" in spec:
-        return TrainedProxy.open(spec["path"]).load(device=context.device, dtype=context.dtype, trainable=trainable)
-    return load_causal_lm(spec["model"], device=context.device, dtype=context.dtype,
-                          trust_remote_code=spec.get("trust_remote_code", False))
-
-
-def encode_for(model, tokenizer, records: list[dict], context: RunContext):
-    """Records as token ids with loss masks, cut to the run's and the model's length limit."""
-    from ..models.lm import context_limit, encode_records
-
-    limit = context_limit(model)
-    return encode_records(tokenizer, records, min(context.max_length, limit) if limit else context.max_length)
 
 
 class ColorFilterSelector(Selector):
@@ -50,7 +30,7 @@ class ColorFilterSelector(Selector):
 
     def __init__(self, model: str | None = None, mode: str = "full", sample_size: int = 10_000,
                  prior_epochs: int = 2, lr: float = 1e-3, batch_size: int = 32,
-                 n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, context: int = 256,
+                 n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, positions: int = 256,
                  finetune_epochs: int = 4, finetune_lr: float = 1e-3, finetune_batch_size: int = 8,
                  tau: float = 7.0, trust_remote_code: bool = False):
         self.model = model  # HF id or folder to warm up as the prior; None builds a small GPT-2 from the pool
@@ -65,7 +45,7 @@ class ColorFilterSelector(Selector):
         self.n_embd = n_embd
         self.n_head = n_head
         self.vocab_size = vocab_size
-        self.context = context
+        self.positions = positions
         # Passes over each task's targets. The paper makes one pass over thousands of examples; with a
         # few dozen, one pass barely moves the model (WordNet, 32 targets: AUC 0.75 after 1, 0.88 after 4).
         self.finetune_epochs = finetune_epochs
@@ -83,7 +63,7 @@ class ColorFilterSelector(Selector):
     @classmethod
     def test_params(cls) -> dict:
         return {"sample_size": 120, "prior_epochs": 1, "batch_size": 16, "n_layer": 1, "n_embd": 16, "n_head": 2,
-                "vocab_size": 300, "context": 64, "finetune_epochs": 1, "finetune_batch_size": 6}
+                "vocab_size": 300, "positions": 64, "finetune_epochs": 1, "finetune_batch_size": 6}
 
     @property
     def default_budget(self) -> float:  # type: ignore[override]
@@ -91,49 +71,30 @@ class ColorFilterSelector(Selector):
         return 1.0 / self.tau
 
     # -- training (once per run, on the driver) -----------------------------------------------------
-    def proxy_config(self, seed: int):
-        from ..schemas.proxy import ProxyModelConfig
-
-        return ProxyModelConfig(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                                vocab_size=self.vocab_size, context=self.context, sample_size=self.sample_size,
-                                seed=seed, epochs=self.prior_epochs, batch_size=self.batch_size, lr=self.lr)
-
-    def train_prior(self, pool: PoolSample, context: RunContext):
-        """The prior: a built proxy, or the given model warmed up on the pool sample (None: the model as is)."""
-        from ..models.build import build_proxy
-        from ..models.train import train_proxy
-        from ..schemas.proxy import TrainConfig
-
-        progress = sys.stderr.isatty()
-        sample = pool.sample(1.0, self.sample_size)
-        if self.model is None:
-            return build_proxy(sample, self.proxy_config(context.seed), device=context.device, progress=progress)
-        if self.prior_epochs == 0:
-            return None
-        config = TrainConfig(mode=self.mode, fraction=1.0, seed=context.seed, epochs=self.prior_epochs,
-                             batch_size=self.batch_size, lr=self.lr, max_length=context.max_length)
-        return train_proxy(self.model, sample, config, device=context.device, progress=progress,
-                           trust_remote_code=self.trust_remote_code)
+    def prior_spec(self) -> ProxySpec:
+        """The prior: a small GPT-2 built from the pool, or the given model warmed up on the pool sample
+        (``prior_epochs=0``: the model as is)."""
+        return ProxySpec(model=self.model, mode=self.mode, epochs=self.prior_epochs, batch_size=self.batch_size,
+                         lr=self.lr, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                         vocab_size=self.vocab_size, positions=self.positions, sample_size=self.sample_size,
+                         trust_remote_code=self.trust_remote_code)
 
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
-        from ..models.train import finetune_proxy
-        from ..schemas.proxy import TrainConfig
-
         if not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
-        prior = self.train_prior(pool, context)
+        spec = self.prior_spec()
+        prior = obtain_proxy(spec, pool.sample(1.0, self.sample_size), seed=context.seed,
+                             max_length=context.max_length, device=context.device, progress=sys.stderr.isatty())
         start = prior if prior is not None else self.model
         # A fresh optimizer and schedule (finetune_proxy); training cuts examples to the model's positions.
         config = TrainConfig(mode="full" if self.model is None else self.mode, seed=context.seed,
                              epochs=self.finetune_epochs, batch_size=self.finetune_batch_size, lr=self.finetune_lr,
                              max_length=context.max_length)
-        conditionals = {task: proxy_spec(finetune_proxy(start, targets[task], config, device=context.device,
-                                                        progress=sys.stderr.isatty(),
-                                                        trust_remote_code=self.trust_remote_code))
+        conditionals = {task: proxy_ref(finetune_proxy(start, targets[task], config, device=context.device,
+                                                       progress=sys.stderr.isatty(),
+                                                       trust_remote_code=self.trust_remote_code))
                         for task in self.task_names(targets)}
-        prior_spec = proxy_spec(prior) if prior is not None else {"model": self.model,
-                                                                   "trust_remote_code": self.trust_remote_code}
-        self.prepared_ = {"prior": prior_spec, "conditional": conditionals}
+        self.prepared_ = {"prior": proxy_ref(prior, spec), "conditional": conditionals}
         return self.prepared_
 
     # -- scoring (per worker) -----------------------------------------------------------------------
@@ -144,19 +105,18 @@ class ColorFilterSelector(Selector):
         missing = set(self.tasks_) - set(self.prepared_["conditional"])
         if missing:
             raise ValueError(f"color: no conditional model for task(s) {sorted(missing)}")
-        self.prior_, self.tokenizer_ = load_proxy(self.prepared_["prior"], self.context_)
-        self.conditionals_ = {task: load_proxy(self.prepared_["conditional"][task], self.context_)[0]
+        device, dtype = self.context_.device, self.context_.dtype
+        self.prior_, self.tokenizer_ = load_proxy(self.prepared_["prior"], device=device, dtype=dtype)
+        self.conditionals_ = {task: load_proxy(self.prepared_["conditional"][task], device=device, dtype=dtype)[0]
                               for task in self.tasks_}
         return self
 
     def mean_losses(self, model, examples) -> np.ndarray:
-        from ..models.stats import sequence_stats
-
-        return sequence_stats(model, examples, batch_tokens=self.context_.batch_tokens)["loss"]
+        return mean_token_loss(model, examples, batch_tokens=self.context_.batch_tokens)
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         # Prior and conditionals share the prior's tokenizer (the paper's pitfall: same tokenizer and chunking).
-        examples = encode_for(self.prior_, self.tokenizer_, records, self.context_)
+        examples = encode_for_model(self.prior_, self.tokenizer_, records, self.context_.max_length)
         prior_loss = self.mean_losses(self.prior_, examples)
         out = {}
         for task, column in self.score_columns(self.tasks_).items():

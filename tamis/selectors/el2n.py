@@ -25,174 +25,19 @@ of labels flipped (benchmarks/pruning_curve.py); set ``skip_hardest=0`` for clea
 """
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Sequence
 
 import numpy as np
 
+from ..models.embedder import model_record, open_embedder
+from ..models.heads import KINDS, cached_heads, head_scores, label_indices, load_heads
+from ..models.lm import encode_for_model
+from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, proxy_ref
+from ..models.records import DATA_KINDS, data_kind, record_label, render
+from ..models.stats import per_example_grad_norms, sequence_stats
 from .base import PoolSample, RunContext, Selector
-from .color import encode_for, load_proxy, proxy_spec
 
-KINDS = ("el2n", "grand")
-DATA_KINDS = ("auto", "lm", "classification")
-
-
-# -- classification: a small head on fixed features -------------------------------------------
-def record_label(record: dict):
-    """The record's ``label`` (int, str or bool) from its extra fields, or None."""
-    extra = record.get("extra")
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except json.JSONDecodeError:
-            return None
-    label = extra.get("label") if isinstance(extra, dict) else None
-    return label if isinstance(label, (int, str, bool)) else None
-
-
-def build_head(dim: int, n_classes: int, hidden: int):
-    """Softmax regression (``hidden`` 0) or a one-hidden-layer ReLU MLP."""
-    import torch
-
-    if hidden <= 0:
-        return torch.nn.Sequential(torch.nn.Linear(dim, n_classes))
-    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_classes))
-
-
-def train_heads(features: np.ndarray, labels: np.ndarray, n_classes: int, *, runs: int = 4, epochs: int = 10,
-                hidden: int = 128, lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> list[dict]:
-    """``runs`` heads, each initialized and shuffled by its own seed, trained with Adam on
-    cross-entropy for ``epochs`` (an early checkpoint, not convergence). Returns their state dicts."""
-    import torch
-
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    heads = []
-    for run in range(runs):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + run)
-            head = build_head(x.shape[1], n_classes, hidden)
-        opt = torch.optim.Adam(head.parameters(), lr=lr)
-        rng = np.random.default_rng([seed, run])
-        for _ in range(epochs):
-            order = torch.as_tensor(rng.permutation(len(x)))
-            for start in range(0, len(x), batch_size):
-                rows = order[start : start + batch_size]
-                loss = torch.nn.functional.cross_entropy(head(x[rows]), y[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        heads.append({k: v.detach().clone() for k, v in head.state_dict().items()})
-    return heads
-
-
-def head_scores(heads: Sequence[dict], features: np.ndarray, labels: np.ndarray, kind: str, *,
-                chunk_size: int = 512) -> np.ndarray:
-    """Mean over heads of EL2N (||softmax - onehot||_2) or GraNd (per-example gradient norm of the
-    cross-entropy over all head parameters, by ``torch.func``). A label of -1 gives NaN."""
-    import torch
-    from torch.func import functional_call, grad, vmap
-
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    known = y >= 0
-    total = np.zeros(len(x), dtype=np.float64)
-    for state in heads:
-        weights = [v for k, v in state.items() if k.endswith("weight")]
-        hidden = weights[0].shape[0] if len(weights) > 1 else 0
-        head = build_head(x.shape[1], weights[-1].shape[0], hidden)
-        head.load_state_dict(state)
-        head.eval()
-        params = {k: v.detach() for k, v in head.named_parameters()}
-
-        def example_loss(p, xi, yi):
-            return torch.nn.functional.cross_entropy(functional_call(head, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
-
-        per_example_grads = vmap(grad(example_loss), in_dims=(None, 0, 0))
-        score = np.zeros(len(x), dtype=np.float64)
-        for start in range(0, len(x), chunk_size):
-            xs, ys = x[start : start + chunk_size], y[start : start + chunk_size].clamp_min(0)
-            if kind == "el2n":
-                with torch.no_grad():
-                    probs = torch.softmax(head(xs), dim=-1)
-                    err = probs - torch.nn.functional.one_hot(ys, probs.shape[-1]).float()
-                    score[start : start + len(xs)] = err.norm(dim=-1).double().numpy()
-            else:
-                grads = per_example_grads(params, xs, ys)
-                sq = sum(g.reshape(len(xs), -1).double().square().sum(1) for g in grads.values())
-                score[start : start + len(xs)] = sq.sqrt().detach().numpy()
-        total += score
-    out = (total / max(1, len(heads))).astype(np.float32)
-    out[~known.numpy()] = np.nan
-    return out
-
-
-def classifier_scores(features: np.ndarray, labels: Sequence, kind: str, *, runs: int = 4, epochs: int = 10,
-                      hidden: int = 128, lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> np.ndarray:
-    """EL2N or GraNd of labelled feature vectors: train ``runs`` heads on them, score them."""
-    keys = [json.dumps(v.item() if isinstance(v, np.generic) else v) for v in labels]  # numpy ints too
-    index = {c: i for i, c in enumerate(sorted(set(keys)))}
-    y = np.array([index[k] for k in keys], dtype=np.int64)
-    heads = train_heads(features, y, len(index), runs=runs, epochs=epochs, hidden=hidden, lr=lr,
-                        batch_size=batch_size, seed=seed)
-    return head_scores(heads, features, y, kind)
-
-
-def save_heads(path, heads: list[dict], classes: list[str]) -> None:
-    """Heads as one safetensors file (``run<i>.<param>``), classes in its metadata; atomic."""
-    import os
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tensors = {f"run{i}.{k}": v.contiguous() for i, head in enumerate(heads) for k, v in head.items()}
-    save_file(tensors, str(tmp), metadata={"classes": json.dumps(classes), "runs": str(len(heads))})
-    os.replace(tmp, path)
-
-
-def cached_heads(kind: str, kept: list[tuple[dict, object]], embed, *, embedder: str, pooling: str,
-                 max_length: int, grid: list[tuple[int, int]], lr: float, batch_size: int, seed: int) -> tuple[str, str]:
-    """Classifier heads on embeddings of labelled records, one per (hidden, epochs) in ``grid``,
-    trained once and cached under a hash of their inputs. ``embed(texts)`` makes the features.
-    Returns (path of the safetensors file, cache key). EL2N/GraNd and the IRT classifier crowd
-    both use it."""
-    from ..models.cache import cache_root, content_hash, key_lock, slice_digest
-    from ..models.loading import fingerprint
-
-    classes = sorted({json.dumps(v) for _, v in kept})
-    inputs = {"kind": kind, "slice": slice_digest(r for r, _ in kept), "labels": [json.dumps(v) for _, v in kept],
-              "embedder": fingerprint(embedder) or embedder, "pooling": pooling, "max_length": max_length,
-              "grid": [list(g) for g in grid], "lr": lr, "batch_size": batch_size, "seed": seed}
-    key = content_hash(inputs)
-    root = cache_root()
-    path = root / f"{kind}-{key}.safetensors"
-    with key_lock(root, key):
-        if not path.is_file():
-            features = embed([render(r) for r, _ in kept])
-            index = {c: i for i, c in enumerate(classes)}
-            y = np.array([index[json.dumps(v)] for _, v in kept], dtype=np.int64)
-            heads = [train_heads(features, y, len(classes), runs=1, epochs=e, hidden=h, lr=lr,
-                                 batch_size=batch_size, seed=seed + i)[0]
-                     for i, (h, e) in enumerate(grid)]
-            save_heads(path, heads, classes)
-    return str(path), key
-
-
-def load_heads(path) -> tuple[list[dict], list[str]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        heads: list[dict] = [{} for _ in range(int(meta["runs"]))]
-        for key in f.keys():
-            run, _, name = key.partition(".")
-            heads[int(run[3:])][name] = f.get_tensor(key)
-    return heads, json.loads(meta["classes"])
+__all__ = ["EL2NSelector", "GraNdSelector", "KINDS"]
 
 
 # -- the selectors ------------------------------------------------------------------------------
@@ -204,7 +49,7 @@ class _DifficultySelector(Selector):
     def __init__(self, skip_hardest: float = 0.1, runs: int = 4, sample_size: int = 5000, data_kind: str = "auto",
                  model: str | None = None, mode: str = "full", proxy_epochs: int = 1, lr: float = 1e-3,
                  batch_size: int = 32, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
-                 vocab_size: int = 2048, context: int = 256, embedder: str = "minilm", pooling: str = "mean",
+                 vocab_size: int = 2048, positions: int = 256, embedder: str = "minilm", pooling: str = "mean",
                  head_hidden: int = 128, head_epochs: int = 10, head_lr: float = 1e-3, head_batch_size: int = 64,
                  trust_remote_code: bool = False):
         self.skip_hardest = skip_hardest  # fraction of the highest-scored rows left out before the top-k
@@ -220,7 +65,7 @@ class _DifficultySelector(Selector):
         self.n_embd = n_embd
         self.n_head = n_head
         self.vocab_size = vocab_size
-        self.context = context
+        self.positions = positions
         self.embedder = embedder  # classification path: features of each record's text
         self.pooling = pooling
         self.head_hidden = head_hidden  # 0: softmax regression; else a one-hidden-layer MLP
@@ -240,7 +85,7 @@ class _DifficultySelector(Selector):
     @classmethod
     def test_params(cls) -> dict:
         return {"runs": 2, "sample_size": 96, "batch_size": 16, "n_layer": 1, "n_embd": 16, "n_head": 2,
-                "vocab_size": 300, "context": 64, "head_hidden": 8, "head_epochs": 2}
+                "vocab_size": 300, "positions": 64, "head_hidden": 8, "head_epochs": 2}
 
     def skip_top(self) -> float:
         return self.skip_hardest
@@ -249,37 +94,27 @@ class _DifficultySelector(Selector):
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
         sample = pool.sample(1.0, self.sample_size)
         labels = [record_label(r) for r in sample]
-        labelled = bool(sample) and all(v is not None for v in labels) and len({json.dumps(v) for v in labels}) > 1
-        if self.data_kind == "classification" or (self.data_kind == "auto" and labelled):
+        if data_kind(self.data_kind, labels) == "classification":
             self.prepared_ = self.prepare_classification(sample, labels, context)
         else:
             self.prepared_ = self.prepare_lm(sample, context)
         return self.prepared_
 
-    def prepare_lm(self, sample: list[dict], context: RunContext) -> dict:
-        from ..models.build import build_proxy
-        from ..models.train import train_proxy
-        from ..schemas.proxy import ProxyModelConfig, TrainConfig
+    def proxy_spec(self) -> ProxySpec:
+        """Each run's proxy: a small GPT-2 built from the pool sample, or the given model trained briefly."""
+        return ProxySpec(model=self.model, mode=self.mode, epochs=self.proxy_epochs, batch_size=self.batch_size,
+                         lr=self.lr, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                         vocab_size=self.vocab_size, positions=self.positions, sample_size=self.sample_size,
+                         trust_remote_code=self.trust_remote_code)
 
-        proxies = []
-        for run in range(self.runs):
-            seed = context.seed + run
-            if self.model is None:
-                config = ProxyModelConfig(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                                          vocab_size=self.vocab_size, context=self.context,
-                                          sample_size=self.sample_size, seed=seed, epochs=self.proxy_epochs,
-                                          batch_size=self.batch_size, lr=self.lr)
-                proxy = build_proxy(sample, config, device=context.device, progress=sys.stderr.isatty())
-            else:
-                config = TrainConfig(mode=self.mode, fraction=1.0, seed=seed, epochs=self.proxy_epochs,
-                                     batch_size=self.batch_size, lr=self.lr, max_length=context.max_length)
-                proxy = train_proxy(self.model, sample, config, device=context.device, progress=sys.stderr.isatty(),
-                                    trust_remote_code=self.trust_remote_code)
-            proxies.append(proxy_spec(proxy))
+    def prepare_lm(self, sample: list[dict], context: RunContext) -> dict:
+        spec = self.proxy_spec()
+        proxies = [proxy_ref(obtain_proxy(spec, sample, seed=context.seed + run, max_length=context.max_length,
+                                          device=context.device, progress=sys.stderr.isatty()))
+                   for run in range(self.runs)]
         return {"data_kind": "lm", "proxies": proxies}
 
     def prepare_classification(self, sample: list[dict], labels: list, context: RunContext) -> dict:
-
         kept = [(r, v) for r, v in zip(sample, labels) if v is not None]
         if not kept:
             raise ValueError(f"{self.name}: data_kind='classification' but no sampled record has a label in extra")
@@ -290,11 +125,9 @@ class _DifficultySelector(Selector):
         return {"data_kind": "classification", "heads": path, "key": key, "examples": len(kept)}
 
     def make_embedder(self, context: RunContext):
-        from ..models.embedder import HiddenStateEmbedder
-
-        return HiddenStateEmbedder(self.embedder, pooling=self.pooling, max_length=context.max_length,
-                                   batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
-                                   trust_remote_code=self.trust_remote_code)
+        return open_embedder(self.embedder, pooling=self.pooling, max_length=context.max_length,
+                             batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                             trust_remote_code=self.trust_remote_code)
 
     # -- scoring (per worker) -----------------------------------------------------------------------
     def fit(self, targets, prepared=None):
@@ -304,8 +137,9 @@ class _DifficultySelector(Selector):
             self.heads_, self.classes_ = load_heads(self.prepared_["heads"])
             self.embedder_ = self.make_embedder(self.context_)
         elif kind == "lm":
-            self.proxies_ = [load_proxy(spec, self.context_, trainable=self.grad_params() == "trainable")
-                             for spec in self.prepared_["proxies"]]
+            self.proxies_ = [load_proxy(ref, device=self.context_.device, dtype=self.context_.dtype,
+                                        trainable=self.grad_params() == "trainable")
+                             for ref in self.prepared_["proxies"]]
         else:
             raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
         return self
@@ -318,17 +152,13 @@ class _DifficultySelector(Selector):
         return {self.score_columns([])[None]: values.astype(np.float32)}
 
     def score_classification(self, records: list[dict]) -> np.ndarray:
-        index = {c: i for i, c in enumerate(self.classes_)}
-        labels = [record_label(r) for r in records]
         # A record without a label, or with one the heads never saw, gets NaN (never selected).
-        y = np.array([index.get(json.dumps(v), -1) if v is not None else -1 for v in labels], dtype=np.int64)
+        y = label_indices([record_label(r) for r in records], self.classes_)
         features = self.embedder_.embed([render(r) for r in records])
         return head_scores(self.heads_, features, y, self.kind)
 
     def score_lm(self, model, tokenizer, records: list[dict]) -> np.ndarray:
-        from ..models.stats import per_example_grad_norms, sequence_stats
-
-        examples = encode_for(model, tokenizer, records, self.context_)
+        examples = encode_for_model(model, tokenizer, records, self.context_.max_length)
         if self.kind == "el2n":
             return sequence_stats(model, examples, batch_tokens=self.context_.batch_tokens)["el2n"]
         return per_example_grad_norms(model, examples, params=self.grad_params(),
@@ -341,19 +171,12 @@ class _DifficultySelector(Selector):
     def model_info(self) -> dict[str, dict]:
         prepared = getattr(self, "prepared_", {}) or {}
         if prepared.get("data_kind") == "classification":
-            from ..models.loading import fingerprint, resolve_model
-
-            return {f"{self.name}.embedder": {"model": self.embedder, "path": resolve_model(self.embedder),
-                                              "sha256": fingerprint(self.embedder), "pooling": self.pooling},
+            embedder = getattr(self, "embedder_", None)
+            return {f"{self.name}.embedder": model_record(self.embedder, embedder.path if embedder else None,
+                                                          pooling=self.pooling),
                     f"{self.name}.heads": {"path": prepared["heads"], "key": prepared["key"]}}
         return {f"{self.name}.proxy{i}": dict(spec, model=self.model or "built")
                 for i, spec in enumerate(prepared.get("proxies", []))}
-
-
-def render(record: dict) -> str:
-    from ..models.text import render_plain
-
-    return render_plain(record)
 
 
 class EL2NSelector(_DifficultySelector):

@@ -39,6 +39,7 @@ token gets no answers, so its b is the prior's 0.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -47,12 +48,21 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from ..io import blobs
+from ..irt import MODELS, fit_irt, fit_items, loss_answers
+from ..models.cache import cache_root, content_hash
+from ..models.embedder import model_record, open_embedder
+from ..models.heads import cached_heads, head_from_state, label_indices, load_heads
+from ..models.lm import encode_for_model, load_causal_lm
+from ..models.proxies import ProxySpec, obtain_proxy
+from ..models.records import DATA_KINDS, data_kind, record_label, render
+from ..models.stats import mean_token_loss
 from .base import RunContext, Selector
 
 # The calibration sample is drawn with its own hash seed, unlike the crowd's training slice.
 CALIBRATION_SEED = 1
-DATA_KINDS = ("auto", "lm", "classification")
 
 
 class IRTSelector(Selector):
@@ -66,7 +76,7 @@ class IRTSelector(Selector):
                  prior_sd: float = 1.0, data_kind: str = "auto", calibration_size: int = 2000,
                  sample_size: int = 5000, crowd_widths: tuple[int, ...] = (32, 64), crowd_checkpoints: int = 8,
                  proxy_epochs: int = 2, lr: float = 1e-3, batch_size: int = 32, n_layer: int = 2, n_head: int = 2,
-                 vocab_size: int = 2048, context: int = 256, loss_threshold: float | None = None,
+                 vocab_size: int = 2048, positions: int = 256, loss_threshold: float | None = None,
                  embedder: str = "minilm", pooling: str = "mean", head_sizes: tuple[int, ...] = (0, 32, 128, 512),
                  head_epochs: tuple[int, ...] = (1, 2, 4, 8), head_lr: float = 1e-3, head_batch_size: int = 64,
                  skip_hardest: float = 0.0, trust_remote_code: bool = False):
@@ -85,7 +95,7 @@ class IRTSelector(Selector):
         self.n_layer = n_layer
         self.n_head = n_head
         self.vocab_size = vocab_size
-        self.context = context
+        self.positions = positions
         self.loss_threshold = loss_threshold  # LM crowd: right when mean token loss is under it; None: median
         self.embedder = embedder  # classifier crowd: features of each record's text
         self.pooling = pooling
@@ -95,8 +105,6 @@ class IRTSelector(Selector):
         self.head_batch_size = head_batch_size
         self.skip_hardest = skip_hardest  # fraction of the hardest rows left out before the top-k
         self.trust_remote_code = trust_remote_code
-        from ..irt import MODELS
-
         if str(irt_model).lower() not in MODELS:
             raise ValueError(f"irt_model must be one of {MODELS}, got {irt_model!r}")
         if data_kind not in DATA_KINDS:
@@ -114,7 +122,7 @@ class IRTSelector(Selector):
     @classmethod
     def test_params(cls) -> dict:
         return {"calibration_size": 60, "sample_size": 120, "crowd_widths": (16,), "crowd_checkpoints": 4,
-                "proxy_epochs": 1, "lr": 5e-3, "batch_size": 16, "n_layer": 1, "vocab_size": 300, "context": 64,
+                "proxy_epochs": 1, "lr": 5e-3, "batch_size": 16, "n_layer": 1, "vocab_size": 300, "positions": 64,
                 "head_sizes": (0, 8), "head_epochs": (1, 3)}
 
     # -- declared output ----------------------------------------------------------------------
@@ -130,14 +138,8 @@ class IRTSelector(Selector):
         if self.responses is not None:
             self.prepared_ = self._prepare_from_file()
             return self.prepared_
-        from ..irt import fit_irt
-        from .el2n import record_label
-
         sample = pool.sample(1.0, self.sample_size)
-        labels = [record_label(r) for r in sample]
-        labelled = bool(sample) and all(v is not None for v in labels) and len({json.dumps(v) for v in labels}) > 1
-        kind = "classification" if self.data_kind == "classification" or (self.data_kind == "auto" and labelled) \
-            else "lm"
+        kind = data_kind(self.data_kind, [record_label(r) for r in sample])
         crowd_info = self._train_heads(sample, context) if kind == "classification" else self._train_lms(sample, context)
         seen = {r["id"] for r in sample}
         candidates = pool.sample(1.0, self.calibration_size + len(seen), seed=CALIBRATION_SEED)
@@ -152,7 +154,7 @@ class IRTSelector(Selector):
             if threshold is None:
                 judged = losses[:, np.isfinite(losses).all(0)]
                 threshold = float(np.median(judged)) if judged.size else 0.0
-            responses = _below(losses, threshold)
+            responses = loss_answers(losses, threshold)
         else:
             responses = crowd.answers(calibration)
         fit = fit_irt(responses, model=self.irt_model, prior_sd=self.prior_sd, device="cpu")
@@ -170,35 +172,20 @@ class IRTSelector(Selector):
     def _train_lms(self, sample: list[dict], context: RunContext) -> dict:
         """One from-scratch training run per width, with ``crowd_checkpoints`` checkpoints each; a
         checkpoint is one subject."""
-        from ..models.build import INIT_DIR, write_initial_model
-        from ..models.train import train_cached
-        from ..schemas.proxy import ProxyModelConfig, TrainConfig
-
         subjects, runs = [], []
         for width in self.crowd_widths:
-            config = ProxyModelConfig(n_layer=self.n_layer, n_embd=int(width), n_head=self.n_head,
-                                      vocab_size=self.vocab_size, context=self.context, sample_size=self.sample_size,
-                                      seed=context.seed, epochs=self.proxy_epochs, batch_size=self.batch_size,
-                                      lr=self.lr)
-            train = TrainConfig(**{**config.pretrain_config().model_dump(),
-                                   "checkpoints_per_epoch": self.crowd_checkpoints // self.proxy_epochs})
-
-            def init(run_dir: Path, config=config) -> str:
-                if not (run_dir / INIT_DIR).is_dir():
-                    write_initial_model(run_dir / INIT_DIR, config, sample)
-                return str(run_dir / INIT_DIR)
-
-            run = train_cached({"kind": "irt-crowd", "model_config": config.model_dump(mode="json")}, base=None,
-                               init_adapter=None, records=sample, config=train, device=context.device,
-                               progress=sys.stderr.isatty(), prepare=init)
+            spec = ProxySpec(epochs=self.proxy_epochs, batch_size=self.batch_size, lr=self.lr, n_layer=self.n_layer,
+                             n_embd=int(width), n_head=self.n_head, vocab_size=self.vocab_size,
+                             positions=self.positions, sample_size=self.sample_size,
+                             checkpoints_per_epoch=self.crowd_checkpoints // self.proxy_epochs)
+            run = obtain_proxy(spec, sample, seed=context.seed, max_length=context.max_length, device=context.device,
+                               progress=sys.stderr.isatty())
             subjects += [{"path": str(c.path), "width": int(width), "step": c.step} for c in run.checkpoints]
             runs.append({"width": int(width), "path": str(run.path), "key": run.key, "checkpoints": len(run.checkpoints)})
         return {"subjects": subjects, "runs": runs}
 
     def _train_heads(self, sample: list[dict], context: RunContext) -> dict:
         """One head per (size, training length) on frozen embeddings of the labelled sample."""
-        from .el2n import cached_heads, record_label
-
         kept = [(r, record_label(r)) for r in sample]
         kept = [(r, v) for r, v in kept if v is not None]
         if not kept:
@@ -210,11 +197,9 @@ class IRTSelector(Selector):
         return {"subjects": [{"hidden": h, "epochs": e} for h, e in grid], "heads": path, "key": key}
 
     def _embedder(self, context: RunContext):
-        from ..models.embedder import HiddenStateEmbedder
-
-        return HiddenStateEmbedder(self.embedder, pooling=self.pooling, max_length=context.max_length,
-                                   batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
-                                   trust_remote_code=self.trust_remote_code)
+        return open_embedder(self.embedder, pooling=self.pooling, max_length=context.max_length,
+                             batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                             trust_remote_code=self.trust_remote_code)
 
     def _crowd(self, kind: str, info: dict, context: RunContext):
         if kind == "classification":
@@ -222,12 +207,7 @@ class IRTSelector(Selector):
         return _LMCrowd([s["path"] for s in info["subjects"]], context)
 
     def _prepare_from_file(self) -> dict:
-        import pyarrow.parquet as pq
-
-        from ..irt import fit_irt
-        from ..models.cache import cache_root, content_hash
-
-        raw = _read_bytes(self.responses)
+        raw = blobs.read_bytes(self.responses)
         digest = hashlib.sha256(raw).hexdigest()
         matrix, subjects, items = response_matrix(read_responses(raw, self.responses))
         fit = fit_irt(matrix, model=self.irt_model, prior_sd=self.prior_sd, device="cpu")
@@ -252,8 +232,6 @@ class IRTSelector(Selector):
             raise ValueError("irt: nothing prepared (run prepare() first: it builds the crowd)")
         self.edges_ = np.asarray(self.prepared_["stage_edges"], dtype=np.float64)
         if self.prepared_["source"] == "responses":
-            import pyarrow.parquet as pq
-
             table = pq.read_table(self.prepared_["items_path"])
             self.items_ = dict(zip(table.column("item").to_pylist(),
                                    zip(table.column("difficulty").to_pylist(), table.column("discrimination").to_pylist())))
@@ -267,7 +245,7 @@ class IRTSelector(Selector):
         """The crowd's 1/0 answers on ``records``: [subjects, records], NaN where there is none."""
         if self.prepared_["data_kind"] == "classification":
             return self.crowd_.answers(records)
-        return _below(self.crowd_.losses(records), self.prepared_["loss_threshold"])
+        return loss_answers(self.crowd_.losses(records), self.prepared_["loss_threshold"])
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         if self.prepared_["source"] == "responses":
@@ -275,8 +253,6 @@ class IRTSelector(Selector):
             b = np.array([f[0] if f else np.nan for f in found], dtype=np.float64)
             a = np.array([f[1] if f else np.nan for f in found], dtype=np.float64)
         elif records:
-            from ..irt import fit_items
-
             fit = fit_items(self.answers(records), self.theta_, model=self.irt_model, prior_sd=self.prior_sd)
             b, a = fit.b, fit.a
         else:
@@ -290,10 +266,9 @@ class IRTSelector(Selector):
         if self.responses is not None:
             return {"irt.responses": {"path": self.responses, "sha256": prepared.get("responses_sha256")}}
         if prepared.get("data_kind") == "classification":
-            from ..models.loading import fingerprint, resolve_model
-
-            return {"irt.embedder": {"model": self.embedder, "path": resolve_model(self.embedder),
-                                     "sha256": fingerprint(self.embedder), "pooling": self.pooling},
+            crowd = getattr(self, "crowd_", None)
+            loaded = crowd.embedder.path if isinstance(crowd, _HeadCrowd) else None
+            return {"irt.embedder": model_record(self.embedder, loaded, pooling=self.pooling),
                     "irt.heads": {"path": prepared["heads"], "key": prepared["key"]}}
         return {f"irt.crowd.w{run['width']}": run for run in prepared.get("runs", [])}
 
@@ -331,86 +306,42 @@ def crowd_spread(responses: np.ndarray) -> dict:
             "subjects_all_wrong": int(np.sum(share == 0.0)), "subjects_all_right": int(np.sum(share == 1.0))}
 
 
-def _below(losses: np.ndarray, threshold: float) -> np.ndarray:
-    """1 where the loss is under the threshold, 0 where not, NaN where there is no loss."""
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(losses), (losses < threshold).astype(np.float64), np.nan)
-
-
 class _LMCrowd:
     """The LM crowd's checkpoints, loaded once per worker; scores records by mean token loss."""
 
     def __init__(self, paths: list[str], context: RunContext):
-        from ..models.lm import context_limit, load_causal_lm
-
         self.context = context
-        self.groups: list[tuple[object, int, list[int], list]] = []  # per training run: tokenizer, length, rows, models
+        self.groups: list[tuple[object, list[int], list]] = []  # per training run: tokenizer, rows, models
         by_run: dict[str, list[int]] = {}
         for i, path in enumerate(paths):
             by_run.setdefault(str(Path(path).parent), []).append(i)
         for rows in by_run.values():
             loaded = [load_causal_lm(paths[i], device=context.device, dtype=context.dtype) for i in rows]
-            limit = context_limit(loaded[0][0])
-            length = min(context.max_length, limit) if limit else context.max_length
-            self.groups.append((loaded[0][1], length, rows, [m for m, _ in loaded]))
+            self.groups.append((loaded[0][1], rows, [m for m, _ in loaded]))
         self.n_subjects = len(paths)
 
     def losses(self, records: list[dict]) -> np.ndarray:
         """Mean token loss over each record's scored tokens, [subjects, records] (NaN: none scored)."""
-        from ..models.lm import encode_records
-
         out = np.full((self.n_subjects, len(records)), np.nan)
-        for tokenizer, length, rows, models in self.groups:  # one tokenizer per run: encode once
-            examples = encode_records(tokenizer, records, length)
+        for tokenizer, rows, models in self.groups:  # one tokenizer and shape per run: encode once
+            examples = encode_for_model(models[0], tokenizer, records, self.context.max_length)
             for row, model in zip(rows, models):
-                out[row] = mean_losses(model, examples, self.context.batch_tokens)
+                out[row] = mean_token_loss(model, examples, batch_tokens=self.context.batch_tokens)
         return out
-
-
-def mean_losses(model, examples, batch_tokens: int) -> np.ndarray:
-    """Mean loss over each example's scored tokens (NaN when none): ``sequence_stats``' loss
-    without its EL2N, one forward pass and one cross-entropy per batch."""
-    import torch
-
-    from ..models.batching import token_batches
-    from ..models.lm import model_device, pad_batch, token_nll
-
-    out = np.full(len(examples), np.nan)
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else (model.config.eos_token_id or 0)
-    with torch.inference_mode():
-        for batch in token_batches([len(e) for e in examples], batch_tokens):
-            ids, mask, labels = pad_batch([examples[i] for i in batch], pad, model_device(model))
-            nll, scored = token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
-            count = scored.sum(1)
-            mean = (nll.sum(1) / count.clamp_min(1)).double().cpu().numpy()
-            out[np.asarray(batch)] = np.where(count.cpu().numpy() > 0, mean, np.nan)
-    return out
 
 
 class _HeadCrowd:
     """The classifier crowd: heads on frozen embeddings; right when the predicted class is the label."""
 
     def __init__(self, path: str, embedder):
-        from .el2n import build_head, load_heads
-
         states, self.classes = load_heads(path)
         self.embedder = embedder
-        self.heads = []
-        for state in states:
-            weights = [v for k, v in state.items() if k.endswith("weight")]
-            head = build_head(weights[0].shape[1], weights[-1].shape[0], weights[0].shape[0] if len(weights) > 1 else 0)
-            head.load_state_dict(state)
-            head.eval()
-            self.heads.append(head)
+        self.heads = [head_from_state(state) for state in states]
 
     def answers(self, records: list[dict]) -> np.ndarray:
         import torch
 
-        from .el2n import record_label, render
-
-        index = {c: i for i, c in enumerate(self.classes)}
-        labels = [record_label(r) for r in records]
-        y = np.array([index.get(json.dumps(v), -1) if v is not None else -1 for v in labels])
+        y = label_indices([record_label(r) for r in records], self.classes)
         x = torch.as_tensor(np.asarray(self.embedder.embed([render(r) for r in records]), dtype=np.float32))
         out = np.full((len(self.heads), len(records)), np.nan)
         with torch.no_grad():
@@ -420,20 +351,9 @@ class _HeadCrowd:
         return out
 
 
-def _read_bytes(path: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return f.read()
-
-
 def read_responses(raw: bytes, name: str) -> pa.Table:
     """A (subject, item, correct) table from Parquet or JSONL bytes (JSONL may be gzipped)."""
-    import gzip
-
     if raw[:4] == b"PAR1":
-        import pyarrow.parquet as pq
-
         table = pq.read_table(io.BytesIO(raw))
     else:
         if raw[:2] == b"\x1f\x8b":
@@ -478,7 +398,6 @@ __all__ = [
     "IRTSelector",
     "crowd_spread",
     "curriculum_stage",
-    "mean_losses",
     "read_responses",
     "response_matrix",
     "stage_edges",

@@ -44,7 +44,16 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from ..models.loading import DEFAULT_EMBEDDER
+from ..io import blobs
+from ..models.cache import content_hash, slice_digest
+from ..models.embedder import model_record, open_embedder
+from ..models.lm import encode_for_model
+from ..models.loading import DEFAULT_EMBEDDER, fingerprint
+from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, open_proxy, proxy_ref
+from ..models.records import render, user_text
+from ..models.stats import mean_token_loss
+from ..models.train import train_proxy
+from ..schemas.proxy import ProxyModelConfig, TrainConfig
 from .base import PoolSample, RunContext, Selector
 
 REPORT_KEY = b"tamis.selection_report"  # schema metadata that the pipeline writes next to the run
@@ -147,14 +156,6 @@ def cluster_gaps(clusters: np.ndarray, ratios: np.ndarray, k: int) -> np.ndarray
     return np.where(np.isnan(gaps), fill, gaps)
 
 
-def user_text(record: dict) -> str:
-    """Only the user turns (the reference embeds ``tulu_user_only``); a text record as is."""
-    if record.get("messages") is not None:
-        turns = [m["content"] for m in record["messages"] if m.get("role") == "user"]
-        return "\n".join(turns) if turns else "\n".join(m["content"] for m in record["messages"])
-    return record["text"]
-
-
 # -- the selector --------------------------------------------------------------------------------
 class KMeansSelector(Selector):
     """kMQ: equal cluster quotas (redistributed), quality-weighted draws, optional refinement."""
@@ -218,31 +219,29 @@ class KMeansSelector(Selector):
         return ["cluster"] + ([] if self.quality == "uniform" else [self.quality])
 
     # -- prepare: centroids (and the refinement proxy), once per run --------------------------------
-    def _proxy_config(self, seed: int):
-        from ..schemas.proxy import ProxyModelConfig
-
+    def _proxy_config(self, seed: int) -> ProxyModelConfig:
         return ProxyModelConfig(**{"seed": seed, **(self.proxy or {})})
 
-    def _embedder(self, context: RunContext):
-        from ..models.embedder import HiddenStateEmbedder
-        from ..models.loading import localize
+    def proxy_spec(self) -> ProxySpec:
+        """The refinement's reference proxy: ``proxy_model`` as it is, or a small GPT-2 built from the pool."""
+        if self.proxy_model is not None:
+            return ProxySpec(model=self.proxy_model, mode=self.proxy_mode, epochs=0,
+                             trust_remote_code=self.trust_remote_code)
+        return ProxySpec(build_options=dict(self.proxy or {}))  # ProxyModelConfig's fields and defaults
 
-        self.model_path_ = localize(self.model)
-        return HiddenStateEmbedder(self.model_path_, pooling=self.pooling, max_length=context.max_length,
-                                   batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
-                                   trust_remote_code=self.trust_remote_code)
+    def _embedder(self, context: RunContext):
+        embedder = open_embedder(self.model, pooling=self.pooling, max_length=context.max_length,
+                                 batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                                 trust_remote_code=self.trust_remote_code)
+        self.model_path_ = embedder.path
+        return embedder
 
     def _embed(self, embedder, records: list[dict]) -> np.ndarray:
-        from ..models.text import render_plain
-
-        render = render_plain if self.text == "all" else user_text
-        return embedder.embed([render(r) for r in records])
+        text = render if self.text == "all" else user_text
+        return embedder.embed([text(r) for r in records])
 
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
         import faiss
-
-        from ..models.cache import content_hash, slice_digest
-        from ..models.loading import fingerprint
 
         n_pool = 0
 
@@ -263,7 +262,7 @@ class KMeansSelector(Selector):
                             **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
                             "model_sha256": fingerprint(self.model), "max_length": context.max_length})[:16]
         path = f"{context.work_dir.rstrip('/')}/kmeans-{key}.safetensors" if context.work_dir else None
-        if path is None or not _exists(path):  # a resumed run reuses its centroids
+        if path is None or not blobs.exists(path):  # a resumed run reuses its centroids
             vectors = self._embed(self._embedder(context), fit_rows)
             km = faiss.Kmeans(vectors.shape[1], k, niter=self.niter, nredo=self.nredo, seed=context.seed,
                               verbose=False)
@@ -273,7 +272,7 @@ class KMeansSelector(Selector):
             if path is None:  # no work folder (direct use): small enough to pass inline
                 prepared.update(centroids=km.centroids.tolist(), counts=counts.tolist())
             else:
-                _write_bytes(path, _to_safetensors(km.centroids, counts))
+                blobs.write_bytes(path, _to_safetensors(km.centroids, counts))
         if path is not None:
             prepared["centroids"] = path
         if self.rounds > 1:
@@ -283,13 +282,9 @@ class KMeansSelector(Selector):
 
     def _prepare_proxy(self, rows: list[dict], context: RunContext) -> dict:
         """The refinement's reference proxy: a given model as is, or a small one built from the pool."""
-        from ..models.build import build_proxy
-
-        if self.proxy_model is not None:
-            return {"model": self.proxy_model}
-        proxy = build_proxy(rows, self._proxy_config(context.seed), device=context.device,
-                            progress=sys.stderr.isatty())
-        return {"path": str(proxy.path), "key": proxy.key}
+        spec = self.proxy_spec()
+        return proxy_ref(obtain_proxy(spec, rows, seed=context.seed, max_length=context.max_length,
+                                      device=context.device, progress=sys.stderr.isatty()), spec)
 
     # -- scoring: nearest centroid, per worker ---------------------------------------------------
     def setup(self, context: RunContext) -> None:
@@ -304,7 +299,7 @@ class KMeansSelector(Selector):
         if centroids is None:
             raise ValueError("kmeans: nothing prepared (run prepare() first: it fits the centroids)")
         if isinstance(centroids, str):
-            centroids, counts = _from_safetensors(_read_bytes(centroids))
+            centroids, counts = _from_safetensors(blobs.read_bytes(centroids))
         else:
             centroids, counts = np.asarray(centroids, np.float32), np.asarray(self.prepared_["counts"])
         self.k_ = len(centroids)
@@ -372,55 +367,38 @@ class KMeansSelector(Selector):
     def _loss_ratios(self, ids: list[str], context: RunContext, round_: int) -> np.ndarray:
         """Per selected row: the proxy's mean token loss after training on the selection so far,
         divided by its loss before (the reference proxy)."""
-        from ..models.lm import context_limit, encode_records
-        from ..models.stats import sequence_stats
-        from ..models.train import TrainedProxy, train_proxy
-        from ..schemas.proxy import TrainConfig
-
         read = getattr(self, "pool_rows_", None)
         if read is None:
             raise ValueError("kmeans: refinement trains on the selected rows; set pool_rows_ (the pipeline does)")
         records = [{"id": r["id"], "messages": r["messages"], "text": r["text"], "extra": r.get("extra")}
                    for r in read(ids)]
-        spec = self.prepared_.get("proxy")
-        if spec is None:
+        ref = self.prepared_.get("proxy")
+        if ref is None:
             raise ValueError("kmeans: no refinement proxy prepared (prepare() with rounds > 1 makes one)")
-        start = TrainedProxy.open(spec["path"]) if "path" in spec else spec["model"]
-        mode = "full" if "path" in spec else self.proxy_mode
-        config = TrainConfig(mode=mode, fraction=1.0, seed=context.seed, epochs=self.train_epochs,
-                             batch_size=self.train_batch_size, lr=self.train_lr, max_length=context.max_length,
-                             warmup_ratio=0.0)
-        trained = train_proxy(start, records, config, device=context.device, progress=sys.stderr.isatty(),
+        config = TrainConfig(mode="full" if "path" in ref else self.proxy_mode, fraction=1.0, seed=context.seed,
+                             epochs=self.train_epochs, batch_size=self.train_batch_size, lr=self.train_lr,
+                             max_length=context.max_length, warmup_ratio=0.0)
+        trained = train_proxy(open_proxy(ref), records, config, device=context.device, progress=sys.stderr.isatty(),
                               trust_remote_code=self.trust_remote_code)
-        if "path" in spec:
-            before, tokenizer = start.load(device=context.device, dtype=context.dtype)
-        else:
-            from ..models.lm import load_causal_lm
-
-            before, tokenizer = load_causal_lm(spec["model"], device=context.device, dtype=context.dtype,
-                                               trust_remote_code=self.trust_remote_code)
+        before, tokenizer = load_proxy(ref, device=context.device, dtype=context.dtype)
         after, _ = trained.load(device=context.device, dtype=context.dtype)
-        limit = context_limit(before)
-        examples = encode_records(tokenizer, records, min(context.max_length, limit) if limit else context.max_length)
-        loss_before = sequence_stats(before, examples, batch_tokens=context.batch_tokens)["loss"]
-        loss_after = sequence_stats(after, examples, batch_tokens=context.batch_tokens)["loss"]
+        examples = encode_for_model(before, tokenizer, records, context.max_length)
+        loss_before = mean_token_loss(before, examples, batch_tokens=context.batch_tokens)
+        loss_after = mean_token_loss(after, examples, batch_tokens=context.batch_tokens)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = loss_after.astype(np.float64) / loss_before
         return np.where(loss_before > 0, ratio, np.nan)
 
     def model_info(self) -> dict[str, dict]:
-        from ..models.loading import fingerprint, resolve_model
-
-        path = getattr(self, "model_path_", self.model)
-        info = {"kmeans.embedder": {"model": self.model, "path": resolve_model(path), "sha256": fingerprint(path),
-                                    "pooling": self.pooling, "text": self.text}}
+        info = {"kmeans.embedder": model_record(self.model, getattr(self, "model_path_", None), pooling=self.pooling,
+                                                text=self.text)}
         proxy = (getattr(self, "prepared_", None) or {}).get("proxy")
         if proxy:
             info["kmeans.proxy"] = dict(proxy)
         return info
 
 
-# -- centroid files on any Beam filesystem ----------------------------------------------------------
+# -- centroid files (written and read through tamis.io.blobs) ----------------------------------------------------------
 def _to_safetensors(centroids: np.ndarray, counts: np.ndarray) -> bytes:
     from safetensors.numpy import save
 
@@ -433,30 +411,3 @@ def _from_safetensors(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
     tensors = load(data)
     return tensors["centroids"], tensors["counts"]
-
-
-def _exists(path: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.exists(path)
-
-
-def _read_bytes(path: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return f.read()
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
-    parent = path.rsplit("/", 1)[0]
-    if not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
-    tmp = path + ".inprogress"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])

@@ -28,8 +28,11 @@ import sys
 
 import numpy as np
 
+from ..models.lm import encode_for_model
+from ..models.proxies import ProxySpec, obtain_proxy
+from ..models.train import train_proxy
+from ..schemas.proxy import TrainConfig
 from .base import PoolSample, RunContext, Selector
-from .color import encode_for
 
 log = logging.getLogger("tamis.selectors")
 
@@ -51,7 +54,7 @@ class LessSelector(Selector):
                  lr: float | None = None, proj_dim: int | None = None, proj_seed: int = 0,
                  fraction: float = 0.05, max_warmup_examples: int | None = None, epochs: int = 4,
                  batch_size: int = 32, sample_size: int = 10_000, build_epochs: int = 2,
-                 n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, context: int = 256,
+                 n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, positions: int = 256,
                  chunk_size: int = 16, feature_store: str | None = None, trust_remote_code: bool = False):
         self.model = model  # HF id or folder to warm up; None builds a small GPT-2 from the pool first
         self.preset = preset  # "paper" or "small"; None: "paper" for a given model, "small" for a built one
@@ -66,15 +69,16 @@ class LessSelector(Selector):
         self.max_warmup_examples = max_warmup_examples
         self.epochs = epochs  # one checkpoint per epoch; each adds a pass over the pool for features
         self.batch_size = batch_size
-        # The proxy built when no model is given (the same defaults as CoLoR-Filter's prior, so one
-        # build serves both): trained on ``sample_size`` pool rows for ``build_epochs``.
+        # The proxy built when no model is given: trained on ``sample_size`` pool rows for
+        # ``build_epochs`` with the toolkit's build recipe (ProxySpec's batch size and learning rate).
+        # With CoLoR-Filter's default shape and recipe the two specs are equal, so one build serves both.
         self.sample_size = sample_size
         self.build_epochs = build_epochs
         self.n_layer = n_layer
         self.n_embd = n_embd
         self.n_head = n_head
         self.vocab_size = vocab_size
-        self.context = context
+        self.positions = positions
         self.chunk_size = chunk_size  # examples per batched gradient pass
         self.feature_store = feature_store  # folder or URL; None: $TAMIS_CACHE/features
         self.trust_remote_code = trust_remote_code
@@ -89,7 +93,7 @@ class LessSelector(Selector):
     def test_params(cls) -> dict:
         return {"lora_r": 2, "lora_alpha": 8.0, "proj_dim": 32, "fraction": 0.5, "epochs": 2, "batch_size": 8,
                 "sample_size": 120, "build_epochs": 1, "n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 300,
-                "context": 64}
+                "positions": 64}
 
     def settings(self) -> dict:
         """The effective LoRA and projection values: explicit parameters over the preset's."""
@@ -98,9 +102,12 @@ class LessSelector(Selector):
         return {"preset": preset, **{k: PRESETS[preset][k] if v is None else v for k, v in chosen.items()}}
 
     # -- warm-up (once per run, on the driver) ------------------------------------------------------
-    def warmup_config(self, context: RunContext):
-        from ..schemas.proxy import TrainConfig
+    def build_spec(self) -> ProxySpec:
+        """The small GPT-2 built from the pool when no ``model`` is given (LoRA then warms it up)."""
+        return ProxySpec(epochs=self.build_epochs, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                         vocab_size=self.vocab_size, positions=self.positions, sample_size=self.sample_size)
 
+    def warmup_config(self, context: RunContext) -> TrainConfig:
         s = self.settings()
         return TrainConfig(mode="lora", fraction=self.fraction, max_examples=self.max_warmup_examples,
                            seed=context.seed, epochs=self.epochs, batch_size=self.batch_size, lr=s["lr"],
@@ -108,19 +115,13 @@ class LessSelector(Selector):
                            max_length=context.max_length)
 
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
-        from ..models.build import build_proxy
-        from ..models.train import train_proxy
-        from ..schemas.proxy import ProxyModelConfig
-
         if not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
         progress = sys.stderr.isatty()
         start = self.model
         if start is None:
-            shape = ProxyModelConfig(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                                     vocab_size=self.vocab_size, context=self.context, sample_size=self.sample_size,
-                                     seed=context.seed, epochs=self.build_epochs, batch_size=32, lr=1e-3)
-            start = build_proxy(pool.sample(1.0, self.sample_size), shape, device=context.device, progress=progress)
+            start = obtain_proxy(self.build_spec(), pool.sample(1.0, self.sample_size), seed=context.seed,
+                                 max_length=context.max_length, device=context.device, progress=progress)
         warm = train_proxy(start, iter(pool), self.warmup_config(context), device=context.device, progress=progress,
                            trust_remote_code=self.trust_remote_code)
         if not warm.complete:
@@ -151,7 +152,7 @@ class LessSelector(Selector):
         # Per task: target features per checkpoint [m, d] and the row indices of each subtask.
         self.targets_ = {}
         for task in self.tasks_:
-            examples = encode_for(self.model_, self.tokenizer_, targets[task], self.context_)
+            examples = encode_for_model(self.model_, self.tokenizer_, targets[task], self.context_.max_length)
             usable = [i for i, e in enumerate(examples) if e.n_scored > 0]
             if not usable:
                 raise ValueError(f"less: no target example of task {task!r} has a token to score")
@@ -209,7 +210,7 @@ class LessSelector(Selector):
         return feats
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
-        examples = encode_for(self.model_, self.tokenizer_, records, self.context_)
+        examples = encode_for_model(self.model_, self.tokenizer_, records, self.context_.max_length)
         influence = {task: np.zeros((len(records), len(feats[0])), dtype=np.float64)
                      for task, (feats, _) in self.targets_.items()}
         for ckpt, weight in enumerate(self.weights_):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.embedder import model_record, open_embedder
 from ..models.loading import DEFAULT_EMBEDDER
+from ..models.records import render
 from .base import RunContext, Selector
 
 
@@ -33,21 +35,13 @@ class RDSSelector(Selector):
             raise ValueError(f"pooling must be 'weighted_mean' or 'mean', got {pooling!r}")
 
     def setup(self, context: RunContext) -> None:
-        from ..models.embedder import HiddenStateEmbedder
-        from ..models.loading import localize
-
         super().setup(context)
-        self.model_path_ = localize(self.model)  # a gs:// or s3:// model is copied to this machine once
-        self.embedder_ = HiddenStateEmbedder(
-            self.model_path_, pooling=self.pooling, max_length=context.max_length,
-            batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
-            trust_remote_code=self.trust_remote_code,
-        )
+        self.embedder_ = open_embedder(self.model, pooling=self.pooling, max_length=context.max_length,
+                                       batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                                       trust_remote_code=self.trust_remote_code)
 
     def _embed(self, records: list[dict]) -> np.ndarray:
-        from ..models.text import render_plain
-
-        return self.embedder_.embed([render_plain(r) for r in records])
+        return self.embedder_.embed([render(r) for r in records])
 
     def _build_index(self, vectors: np.ndarray):
         import faiss
@@ -77,8 +71,5 @@ class RDSSelector(Selector):
         return out
 
     def model_info(self) -> dict[str, dict]:
-        from ..models.loading import fingerprint, resolve_model
-
-        path = getattr(self, "model_path_", self.model)  # after setup: the copy this worker loaded
-        return {"rds.embedder": {"model": self.model, "path": resolve_model(path),
-                                 "sha256": fingerprint(path), "pooling": self.pooling}}
+        embedder = getattr(self, "embedder_", None)  # after setup: the copy this worker loaded
+        return {"rds.embedder": model_record(self.model, embedder.path if embedder else None, pooling=self.pooling)}
