@@ -1,0 +1,338 @@
+"""Input integrity: damaged compressed files, literal pool paths that look like globs, message keys
+and `extra` values that must survive, each through a real Beam run read back from Parquet."""
+import base64
+import datetime as dt
+import decimal
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+import zlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import tamis
+from tamis.schemas import content_key, parse_line, record_to_json
+
+from .conftest import demo_records, install_plugin, write_jsonl
+
+LENGTH = '''
+import numpy as np
+from tamis.selectors import Selector
+
+class Length(Selector):
+    """Score = characters of content: a cheap selector, so these tests exercise input handling."""
+    name = "inlen"
+
+    def score(self, records):
+        n = [len(r["text"]) if r["text"] is not None else sum(len(m["content"]) for m in r["messages"]) for r in records]
+        return {"score_inlen": np.array(n, dtype=np.float32)}
+'''
+
+
+@pytest.fixture
+def inlen(tmp_path, monkeypatch):
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    install_plugin(plugin, monkeypatch, "tamis_inlen_plugin", LENGTH, {"inlen": "Length"})
+    yield str(plugin)
+    sys.modules.pop("tamis_inlen_plugin", None)
+
+
+def run(tmp_path, pool, name="out", shard_rows=50, budget=5):
+    pools = pool if isinstance(pool, list) else [pool]
+    return tamis.select(pool=[str(p) for p in pools], selector=["inlen"], budget=budget, shard_rows=shard_rows,
+                        out=str(tmp_path / name))
+
+
+def shard_rows(out) -> list[dict]:
+    files = sorted((out / "shards").glob("*.parquet"))
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def rejects(out) -> list[dict]:
+    return [r for f in sorted((out / "rejects").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def lines_of(n: int, start: int = 0) -> list[bytes]:
+    return [(json.dumps(r) + "\n").encode() for r in demo_records(start + n)[start:]]
+
+
+def gzip_parts(lines: list[bytes], cut: int) -> tuple[bytes, bytes]:
+    """A gzip stream of ``lines`` as (the bytes a writer had flushed after line ``cut``, the rest)."""
+    c = zlib.compressobj(wbits=31)
+    head = c.compress(b"".join(lines[:cut])) + c.flush(zlib.Z_SYNC_FLUSH)
+    return head, c.compress(b"".join(lines[cut:])) + c.flush()
+
+
+def strict_json(text: str):
+    """Parse as a strict JSON reader does: NaN and Infinity are not JSON."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def check_accounting(s, out):
+    c = s.counts
+    assert c["input"] == c["accepted"] + c["rejected"]
+    assert len(rejects(out)) == c["rejected"] and len(shard_rows(out)) == c["accepted"]
+
+
+# --- damaged compressed files ---------------------------------------------------------------
+
+def test_truncated_gzip_keeps_its_lines_and_records_the_damage(tmp_path, inlen):
+    lines = lines_of(200)
+    head, _ = gzip_parts(lines, 120)
+    pool = tmp_path / "pool.jsonl.gz"
+    pool.write_bytes(head)  # the writer died after line 120: no end-of-stream marker, no trailer
+    s = run(tmp_path, pool, shard_rows=60)
+    out = tmp_path / "out"
+    assert s.counts["accepted"] == 120 and s.counts["rejected"] == 1 and s.counts["input"] == 121
+    check_accounting(s, out)
+    (damage,) = rejects(out)
+    assert "truncated gzip after line 120" in damage["reason"] and "pool.jsonl.gz" in damage["reason"]
+    assert damage["source"].endswith("pool.jsonl.gz:121") and damage["id"] is None
+    # Planning and reading agree: the damage row is a planned unit (line 121, chunk 2), so a rerun
+    # finds every chunk done.
+    assert s.manifest["chunks"] == {"planned": 3, "reused": 0, "computed": 3}
+    again = run(tmp_path, pool, shard_rows=60)
+    assert again.manifest["chunks"]["reused"] == 3 and again.counts == s.counts
+
+
+def test_gzip_cut_mid_line_puts_the_partial_line_in_the_damage_row(tmp_path, inlen):
+    lines = lines_of(200)
+    full = gzip.compress(b"".join(lines))
+    pool = tmp_path / "cut.jsonl.gz"
+    pool.write_bytes(full[: len(full) // 2])
+    s = run(tmp_path, pool)
+    out = tmp_path / "out"
+    check_accounting(s, out)
+    (damage,) = rejects(out)
+    n = s.counts["accepted"]
+    assert 0 < n < 200 and s.counts["input"] == n + 1
+    assert f"truncated gzip after line {n}" in damage["reason"]
+    whole = lines[n].rstrip(b"\n").decode()
+    assert damage["raw"] and whole.startswith(damage["raw"]) and damage["raw"] != whole  # the cut-off line
+    assert [r["id"] for r in shard_rows(out)] == [json.loads(line)["id"] for line in lines[:n]]
+
+
+def test_gzip_with_trailing_garbage_is_read_and_the_garbage_recorded(tmp_path, inlen):
+    pool = tmp_path / "trail.jsonl.gz"
+    pool.write_bytes(gzip.compress(b"".join(lines_of(200))) + b"garbage after the stream")
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    assert s.counts["accepted"] == 200 and s.counts["rejected"] == 1
+    (damage,) = rejects(tmp_path / "out")
+    assert "trailing data" in damage["reason"] and "after line 200" in damage["reason"]
+    assert "trail.jsonl.gz" in damage["reason"] and "garbage after the stream" in damage["raw"]
+
+
+def test_plain_text_named_gz_is_named_without_a_traceback(tmp_path, inlen):
+    pool = tmp_path / "plain.jsonl.gz"
+    pool.write_bytes(b"".join(lines_of(30)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([inlen, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "tamis", "select", "--pool", str(pool), "--selector", "inlen",
+                           "--budget", "3", "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "zlib" not in proc.stderr
+    (damage,) = rejects(tmp_path / "out")
+    assert "not gzip" in damage["reason"] and "plain.jsonl.gz" in damage["reason"]
+    assert damage["raw"].startswith('{"id"')
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda b: b[:3] + b"\xe0" + b[4:], "bad gzip header"),             # reserved flag bits set
+    (lambda b: b[:2] + b"\x07" + b[3:], "bad gzip header"),             # unknown compression method
+    (lambda b: b[:10] + bytes(x ^ 0x55 for x in b[10:40]) + b[40:], "corrupt gzip data"),
+    (lambda b: b[:-8] + bytes(x ^ 0xFF for x in b[-8:-4]) + b[-4:], "corrupt gzip data"),  # CRC mismatch
+])
+def test_damaged_gzip_streams_are_named_and_recorded(tmp_path, inlen, damage, expected):
+    pool = tmp_path / "bad.jsonl.gz"
+    pool.write_bytes(damage(gzip.compress(b"".join(lines_of(40)))))
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    damaged = [r for r in rejects(tmp_path / "out") if "gzip" in r["reason"]]
+    assert len(damaged) == 1 and expected in damaged[0]["reason"] and "bad.jsonl.gz" in damaged[0]["reason"]
+
+
+def test_concatenated_and_zero_padded_gzip_are_whole_files(tmp_path, inlen):
+    lines = lines_of(60)
+    pool = tmp_path / "multi.jsonl.gz"
+    pool.write_bytes(gzip.compress(b"".join(lines[:25])) + gzip.compress(b"".join(lines[25:])) + b"\0" * 512)
+    s = run(tmp_path, pool)
+    assert s.counts == {**s.counts, "input": 60, "accepted": 60, "rejected": 0}
+
+
+def test_zstd_truncated_and_trailing_data_are_recorded(tmp_path, inlen):
+    zstandard = pytest.importorskip("zstandard")
+    whole = [zstandard.ZstdCompressor().compress(b"".join(lines_of(100, start=100 * k))) for k in range(3)]
+    (tmp_path / "a.jsonl.zst").write_bytes(whole[0][: len(whole[0]) // 2])
+    (tmp_path / "b.jsonl.zst").write_bytes(whole[1] + b"trailing!")
+    (tmp_path / "c.jsonl.zst").write_bytes(whole[2])
+    s = run(tmp_path, [tmp_path / "a.jsonl.zst", tmp_path / "b.jsonl.zst", tmp_path / "c.jsonl.zst"])
+    check_accounting(s, tmp_path / "out")
+    reasons = [r["reason"] for r in sorted(rejects(tmp_path / "out"), key=lambda r: r["source"])]
+    assert len(reasons) == 2, reasons
+    assert "truncated zstd" in reasons[0] and "a.jsonl.zst" in reasons[0]
+    assert "trailing data" in reasons[1] and "b.jsonl.zst" in reasons[1]
+    assert 200 <= s.counts["accepted"] < 300
+
+
+def test_unreadable_parquet_is_one_reject_not_a_failed_run(tmp_path, inlen):
+    good = tmp_path / "good.jsonl"
+    write_jsonl(good, demo_records(10))
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    s = run(tmp_path, [good, bad])
+    check_accounting(s, tmp_path / "out")
+    (damage,) = rejects(tmp_path / "out")
+    assert s.counts["accepted"] == 10 and "bad.parquet" in damage["reason"] and "Parquet" in damage["reason"]
+
+
+def test_damaged_target_file_fails_with_one_line(tmp_path, inlen):
+    target = tmp_path / "t.jsonl.gz"
+    head, _ = gzip_parts(lines_of(10), 6)
+    target.write_bytes(head)
+    with pytest.raises(ValueError, match=r"truncated gzip after line 6"):
+        tamis.select(pool=[str(write_jsonl(tmp_path / "p.jsonl", demo_records(10)))], selector=["inlen"],
+                     target={"t": str(target)}, out=str(tmp_path / "o"))
+
+
+# --- pool paths --------------------------------------------------------------------------------
+
+def test_existing_file_with_glob_characters_is_read_literally(tmp_path, inlen):
+    rows = demo_records(20)
+    write_jsonl(tmp_path / "pool[1].jsonl", rows[:12])
+    write_jsonl(tmp_path / "pool1.jsonl", rows[12:])  # what the name would match as a glob
+    s = run(tmp_path, tmp_path / "pool[1].jsonl")
+    assert s.counts["input"] == 12 and s.manifest["resolved"]["files"] == [str(tmp_path / "pool[1].jsonl")]
+    g = run(tmp_path, tmp_path / "pool[0-9].jsonl", name="globbed")  # no such file: a glob
+    assert g.counts["input"] == 8
+    both = run(tmp_path, tmp_path / "pool*.jsonl", name="star")
+    assert both.counts["input"] == 20
+
+
+def test_missing_pool_is_one_clear_error(tmp_path, inlen):
+    from tamis.errors import InputError
+
+    with pytest.raises(InputError, match="no file matches"):
+        run(tmp_path, tmp_path / "nope*.jsonl")
+    with pytest.raises(InputError, match="no such file"):
+        run(tmp_path, tmp_path / "nope.jsonl")
+
+
+# --- what a record keeps -----------------------------------------------------------------------
+
+def test_every_key_of_a_message_is_kept(tmp_path, inlen):
+    messages = [
+        {"role": "system", "content": "be brief", "name": "sys", "weight": 0},
+        {"role": "user", "content": "what is 2+2?"},
+        {"role": "assistant", "content": "4", "weight": 1.5,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
+    ]
+    pool = write_jsonl(tmp_path / "p.jsonl", [{"id": "chat", "messages": messages, "source": "s"}] + demo_records(5))
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    row = next(r for r in shard_rows(tmp_path / "out") if r["id"] == "chat")
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+    assert json.loads(row["messages"][0]["extra"]) == {"name": "sys", "weight": 0}
+    assert row["messages"][1]["extra"] is None
+    assert json.loads(row["messages"][2]["extra"]) == {k: v for k, v in messages[2].items() if k not in ("role", "content")}
+    assert json.loads(row["extra"]) == {"source": "s"}
+    # the record round-trips, and decontamination still compares role and content only
+    rec = parse_line(json.dumps({"id": "chat", "messages": messages}).encode())
+    assert json.loads(record_to_json(rec))["messages"] == messages
+    plain = parse_line(json.dumps({"id": "x", "messages": [{k: m[k] for k in ("role", "content")} for m in messages]}).encode())
+    assert content_key(rec) == content_key(plain)
+
+
+def test_extra_is_always_strict_json(tmp_path, inlen):
+    rows = demo_records(6)
+    raw = [
+        b'{"id": "nan", "text": "a", "score": NaN, "nested": {"v": [Infinity, -Infinity, 1.5]}}\n',
+        b'{"id": "msg", "messages": [{"role": "user", "content": "hi", "w": NaN}]}\n',
+    ]
+    pool = write_jsonl(tmp_path / "p.jsonl", rows + raw)
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    got = {r["id"]: r for r in shard_rows(tmp_path / "out")}
+    assert s.counts["accepted"] == 8
+    assert strict_json(got["nan"]["extra"]) == {"score": None, "nested": {"v": [None, None, 1.5]}}
+    assert strict_json(got["msg"]["messages"][0]["extra"]) == {"w": None}
+    for r in got.values():
+        if r["extra"] is not None:
+            strict_json(r["extra"])
+
+
+def test_lone_surrogates_are_rejected_per_row(tmp_path, inlen):
+    rows = demo_records(6)
+    raw = [
+        b'{"id": "s1", "text": "ok", "meta": "\\ud800"}\n',
+        b'{"id": "s2", "text": "ok", "\\udfff": 1}\n',
+        b'{"id": "s3", "messages": [{"role": "user", "content": "hi", "name": "\\ud83d"}]}\n',
+        b'{"id": "fine", "text": "ok", "meta": "\\ud83d\\ude00"}\n',  # a proper pair is one emoji
+    ]
+    pool = write_jsonl(tmp_path / "p.jsonl", rows + raw)
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    bad = {r["raw"]: r["reason"] for r in rejects(tmp_path / "out")}
+    assert s.counts["accepted"] == 7 and s.counts["rejected"] == 3
+    assert all("surrogate" in reason for reason in bad.values())
+    fine = next(r for r in shard_rows(tmp_path / "out") if r["id"] == "fine")
+    assert json.loads(fine["extra"]) == {"meta": "\U0001F600"}
+
+
+def test_duplicate_keys_in_a_line_are_rejected_not_dropped(tmp_path, inlen):
+    pool = write_jsonl(tmp_path / "p.jsonl", demo_records(4) + [b'{"id": "d", "text": "a", "k": 1, "k": 2}\n'])
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    (r,) = rejects(tmp_path / "out")
+    assert "duplicate key 'k'" in r["reason"]
+
+
+def test_parquet_values_json_cannot_hold_are_converted(tmp_path, inlen):
+    recs = demo_records(4)
+    table = pa.table({
+        "id": [r["id"] for r in recs],
+        "text": [r["messages"][1]["content"] for r in recs],
+        "at": pa.array([dt.datetime(2024, 5, 1, 12, 30, 15, 250000)] * 3 + [None], pa.timestamp("us")),
+        "at_utc": pa.array([dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)] * 4, pa.timestamp("ms", tz="UTC")),
+        "day": pa.array([dt.date(2024, 5, 1)] * 4, pa.date32()),
+        "blob": pa.array([b"\x00\xffbin", b"", None, b"text"], pa.binary()),
+        "price": pa.array([decimal.Decimal("1.10")] * 4, pa.decimal128(5, 2)),
+        "took": pa.array([dt.timedelta(seconds=1.5)] * 4, pa.duration("ms")),
+        "ratio": pa.array([math.nan, math.inf, 1.0, None], pa.float64()),
+    })
+    pool = tmp_path / "p.parquet"
+    pq.write_table(table, pool)
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    assert s.counts["accepted"] == 4
+    extras = {r["id"]: strict_json(r["extra"]) for r in shard_rows(tmp_path / "out")}
+    first = extras[recs[0]["id"]]
+    assert first["at"] == "2024-05-01T12:30:15.250000" and first["at_utc"] == "2024-05-01T12:00:00+00:00"
+    assert first["day"] == "2024-05-01" and first["price"] == "1.10" and first["took"] == 1.5
+    assert base64.b64decode(first["blob"]) == b"\x00\xffbin" and first["ratio"] is None
+    assert extras[recs[3]["id"]]["at"] is None and extras[recs[2]["id"]]["blob"] is None
+    assert extras[recs[2]["id"]]["ratio"] == 1.0
+
+
+def test_parquet_value_out_of_python_range_is_one_reject(tmp_path, inlen):
+    recs = demo_records(3)
+    table = pa.table({
+        "id": [r["id"] for r in recs],
+        "text": ["a", "b", "c"],
+        "at": pa.array([0, 400_000_000_000, 1], pa.timestamp("s")),  # year ~14645: no Python datetime
+        "meta": ["ok", "ok", "\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace")],
+    })
+    pool = tmp_path / "p.parquet"
+    pq.write_table(table, pool)
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    assert s.counts["accepted"] == 2 and s.counts["rejected"] == 1
+    (r,) = rejects(tmp_path / "out")
+    assert r["id"] == recs[1]["id"] and "at" in r["reason"]
