@@ -336,3 +336,96 @@ def test_parquet_value_out_of_python_range_is_one_reject(tmp_path, inlen):
     assert s.counts["accepted"] == 2 and s.counts["rejected"] == 1
     (r,) = rejects(tmp_path / "out")
     assert r["id"] == recs[1]["id"] and "at" in r["reason"]
+
+
+def test_corrupt_parquet_row_group_is_one_reject_and_the_rest_is_read(tmp_path, inlen):
+    recs = demo_records(90)
+    table = pa.table({"id": [r["id"] for r in recs], "text": [r["messages"][1]["content"] * 5 for r in recs]})
+    pool = tmp_path / "p.parquet"
+    pq.write_table(table, pool, row_group_size=30, compression="zstd")
+    data = bytearray(pool.read_bytes())
+    column = pq.ParquetFile(pool).metadata.row_group(1).column(1)
+    start = column.dictionary_page_offset or column.data_page_offset
+    data[start + 20: start + column.total_compressed_size - 4] = bytes(column.total_compressed_size - 24)
+    pool.write_bytes(bytes(data))
+    s = run(tmp_path, pool, shard_rows=20)
+    check_accounting(s, tmp_path / "out")
+    (damage,) = rejects(tmp_path / "out")
+    assert "row group 1" in damage["reason"] and "rows 31 to 60" in damage["reason"] and damage["source"].endswith(":31")
+    assert s.counts["accepted"] == 60 and s.counts["input"] == 61
+    assert s.manifest["chunks"] == {"planned": 5, "reused": 0, "computed": 5}  # planned by the footer's 90 rows
+    assert len(list((tmp_path / "out" / "shards").glob("*.parquet"))) == 5
+
+
+def test_parquet_binary_text_is_read_as_utf8(tmp_path, inlen):
+    table = pa.table({"id": pa.array([b"a", b"b", b"c"], pa.binary()),
+                      "text": pa.array(["caf\u00e9".encode(), b"\xff\xfe", b"plain"], pa.binary())})
+    pool = tmp_path / "p.parquet"
+    pq.write_table(table, pool)
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    assert {r["id"]: r["text"] for r in shard_rows(tmp_path / "out")} == {"a": "caf\u00e9", "c": "plain"}
+    (r,) = rejects(tmp_path / "out")
+    assert "text is binary, not UTF-8" in r["reason"] and r["id"] is None
+
+
+def test_byte_order_mark_and_blank_chunks(tmp_path, inlen):
+    rows = demo_records(30)
+    lines = [(json.dumps(r) + "\n").encode() for r in rows]
+    body = b"\xef\xbb\xbf" + b"".join(lines[:10]) + b"\n" * 25 + b"".join(lines[10:])  # lines 11-35 blank
+    pool = tmp_path / "bom.jsonl"
+    pool.write_bytes(body)
+    s = run(tmp_path, pool, shard_rows=10)
+    check_accounting(s, tmp_path / "out")
+    assert s.counts["input"] == 30 and s.counts["accepted"] == 30
+    # chunk 2 holds only blank lines: it still gets its (empty) shard, so a rerun has nothing to do
+    assert s.manifest["chunks"] == {"planned": 6, "reused": 0, "computed": 6}
+    again = run(tmp_path, pool, shard_rows=10)
+    assert again.manifest["chunks"] == {"planned": 6, "reused": 6, "computed": 0}
+
+
+# --- the reader itself, over every way a compressed file can be cut or damaged ------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tamis.io.files import Damage, count_lines, iter_lines  # noqa: E402
+
+ORIGINAL = [f'{{"id": "r{i}", "text": "{"w" * (i % 17)}"}}'.encode() for i in range(300)]
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+    if kind == "gzip":
+        return gzip.compress(data, mtime=0)
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["gzip", "zstd"]), cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=3),
+       padding=st.sampled_from([b"", b"\0" * 7, b"tail", b"\x1f", b"\x1f\x8b"]))
+def test_any_damage_is_read_without_error_and_counted_as_planned(tmp_path, kind, cut, flips, padding):
+    data = bytearray(_compress(kind, b"\n".join(ORIGINAL) + b"\n"))
+    for where, mask in flips:
+        data[int(where * (len(data) - 1))] ^= mask
+    kept = int(cut * len(data)) if cut < 0.999 else len(data)
+    whole = kept == len(data)
+    data = bytes(data[:kept]) + padding
+    path = tmp_path / f"f.jsonl.{'gz' if kind == 'gzip' else 'zst'}"
+    path.write_bytes(data)
+    items = list(iter_lines(str(path)))
+    assert count_lines(str(path)) == len(items)
+    assert [n for n, _ in items] == list(range(1, len(items) + 1))
+    damage = [i for i, (_, item) in enumerate(items) if isinstance(item, Damage)]
+    assert damage in ([], [len(items) - 1])
+    if damage:
+        reason = items[-1][1].reason
+        assert str(path) in reason and "\n" not in reason
+    if not flips and (whole or not padding):  # a cut, or a whole stream padded: every line read is exact
+        lines = [item for _, item in items if not isinstance(item, Damage)]
+        assert lines == ORIGINAL[: len(lines)]
+        if whole and (padding == b"" or (padding == b"\0" * 7 and kind == "gzip")):
+            assert not damage and len(lines) == 300
+        elif kept or padding:
+            assert damage

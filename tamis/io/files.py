@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import InputError, StorageError
@@ -29,6 +30,7 @@ DAMAGE_RAW_BYTES = 4096
 _JSONL = (".jsonl", ".json", ".ndjson")
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd"}
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -77,6 +79,9 @@ def _fs():
 
 
 def _storage_error(what: str, path: str, e: Exception) -> StorageError:
+    details = getattr(e, "exception_details", None)  # Beam's BeamIOError wraps the cause per path
+    if isinstance(details, dict) and details:
+        e = next(iter(details.values()))
     cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return StorageError(f"cannot {what} {path}: {cause[:300]}")
 
@@ -92,9 +97,6 @@ def _match(pattern: str) -> list[str]:
     try:
         result = _fs().match([pattern])
     except Exception as e:
-        cause = getattr(e, "exception_details", None)
-        if isinstance(cause, dict) and cause:
-            e = next(iter(cause.values()))
         raise _storage_error("list", pattern, e) from e
     return sorted(m.path for r in result for m in r.metadata_list)
 
@@ -139,11 +141,6 @@ def open_raw(path: str):
         return _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     except Exception as e:
         raise _storage_error("open", path, e) from e
-
-
-def read_bytes(path: str) -> bytes:
-    with open_raw(path) as f:
-        return f.read()
 
 
 # --- compressed streams ------------------------------------------------------------------------
@@ -298,6 +295,20 @@ def iter_blocks(path: str) -> Iterator[bytes | _Broken]:
         yield from _decompressed_blocks(f, _Codec(codec_name))
 
 
+def _text_blocks(path: str) -> Iterator[bytes | _Broken]:
+    """iter_blocks without a leading UTF-8 byte-order mark (Windows editors write one): it is
+    not part of line 1."""
+    first = True
+    for block in iter_blocks(path):
+        if first and isinstance(block, bytes):
+            first = False
+            if block.startswith(UTF8_BOM):
+                block = block[len(UTF8_BOM):]
+                if not block:
+                    continue
+        yield block
+
+
 def _damage(path: str, broken: _Broken, lines: int, tail: bytes) -> Damage:
     where = f"after line {lines} of {path}" if lines else f"at the start of {path}"
     return Damage(f"{broken.what} {where}: {broken.detail}", (tail or broken.raw)[:DAMAGE_RAW_BYTES])
@@ -308,7 +319,7 @@ def iter_lines(path: str) -> Iterator[tuple[int, bytes | Damage]]:
     file, blank ones included. A damaged stream ends with (next number, Damage): the bytes after
     its last newline are not a line but part of the damage (a line cut off mid-way)."""
     lineno, tail = 0, b""
-    for block in iter_blocks(path):
+    for block in _text_blocks(path):
         if isinstance(block, _Broken):
             if block.complete and tail:  # the stream's last line, whole but without a newline
                 lineno += 1
@@ -330,11 +341,12 @@ def count_lines(path: str) -> int:
     line without newline counts), plus one for a damaged stream's Damage; or Parquet rows."""
     if file_format(path) == "parquet":
         try:
-            return parquet_file(path).metadata.num_rows
+            with parquet_file(path) as pf:
+                return pf.metadata.num_rows
         except _ParquetUnreadable:
             return 1
     n, last = 0, b"\n"
-    for block in iter_blocks(path):
+    for block in _text_blocks(path):
         if isinstance(block, _Broken):
             return n + (2 if block.complete and last != b"\n" else 1)
         n += block.count(b"\n")
@@ -348,46 +360,57 @@ class _ParquetUnreadable(Exception):
     pass
 
 
+@contextmanager
 def parquet_file(path: str):
-    """A ``pyarrow.parquet.ParquetFile``; _ParquetUnreadable when the bytes are not Parquet."""
+    """An open ``pyarrow.parquet.ParquetFile`` (only the footer is read to open it);
+    _ParquetUnreadable when the bytes are not Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data = read_bytes(path)
-    try:
-        return pq.ParquetFile(io.BytesIO(data))
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise _ParquetUnreadable(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    with open_raw(path) as f:
+        source = f if f.seekable() else io.BytesIO(f.read())
+        try:
+            pf = pq.ParquetFile(source)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise _ParquetUnreadable(_first_line(e)) from None
+        yield pf
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def iter_rows(path: str, batch_rows: int = 1024) -> Iterator[tuple[int, dict | Damage]]:
     """(row number from 1, row as a dict) for a Parquet file.
 
     A row holding a value Python cannot represent (a timestamp past year 9999) is one Damage
-    item naming the column; a file that is not Parquet, or a row group that cannot be decoded,
-    is one Damage item for the rest of the file (its count is then the planned rows: see
-    ``count_lines``).
+    item naming the column. A row group that cannot be decoded gives one Damage item for its
+    unread rows, and reading goes on with the next group (row numbers stay those of the file).
+    A file that is not Parquet is one Damage item.
     """
     import pyarrow as pa
 
     try:
-        pf = parquet_file(path)
+        with parquet_file(path) as pf:
+            start = 0  # rows before this row group
+            for group in range(pf.num_row_groups):
+                size = pf.metadata.row_group(group).num_rows
+                n = start
+                try:
+                    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                        try:
+                            rows = batch.to_pylist()
+                        except (pa.ArrowException, ValueError, OverflowError):
+                            rows = [_row_or_damage(batch, i, path, n + i + 1) for i in range(batch.num_rows)]
+                        for row in rows:
+                            n += 1
+                            yield n, row
+                except (pa.ArrowException, OSError) as e:
+                    yield n + 1, Damage(f"corrupt Parquet data in row group {group} of {path}: {_first_line(e)} "
+                                        f"(rows {n + 1} to {start + size}, {start + size - n} rows, could not be read)")
+                start += size
     except _ParquetUnreadable as e:
         yield 1, Damage(f"unreadable Parquet file {path}: {e}")
-        return
-    n = 0
-    try:
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            try:
-                rows = batch.to_pylist()
-            except (pa.ArrowException, ValueError, OverflowError):
-                rows = [_row_or_damage(batch, i, path, n + i + 1) for i in range(batch.num_rows)]
-            for row in rows:
-                n += 1
-                yield n, row
-    except (pa.ArrowException, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        yield n + 1, Damage(f"corrupt Parquet data after row {n} of {path}: {msg}")
 
 
 def _row_or_damage(batch, i: int, path: str, rowno: int) -> dict | Damage:

@@ -60,7 +60,12 @@ class ValidChunk:
 
 
 class ReadChunks(beam.DoFn):
-    """Read one input file sequentially and emit its unfinished chunks."""
+    """Read one input file sequentially and emit its unfinished chunks.
+
+    Every planned chunk is emitted, an empty one too (a chunk of blank lines, an empty file, the
+    rows after a damaged part of a file): each gets its shard, so a run always ends with the
+    chunks it planned.
+    """
 
     def __init__(self, done: frozenset[str]):
         self.done = done
@@ -68,18 +73,25 @@ class ReadChunks(beam.DoFn):
 
     def process(self, file: InputFile):
         current: Chunk | None = None
+        emitted: set[str] = set()
         for lineno, raw in iter_raw(file.path):
             k = (lineno - 1) // file.chunk_rows
             name = file.chunk_name(k)
             if current is None or current.name != name:
                 if current is not None and current.name not in self.done:
+                    emitted.add(current.name)
                     yield current
                 current = Chunk(name, file.path)
             if name not in self.done:
                 current.items.append((lineno, raw))
                 self.lines_read.inc()
         if current is not None and current.name not in self.done:
+            emitted.add(current.name)
             yield current
+        for k in range(file.n_chunks):
+            name = file.chunk_name(k)
+            if name not in self.done and name not in emitted:
+                yield Chunk(name, file.path)
 
 
 class ValidateChunk(beam.DoFn):

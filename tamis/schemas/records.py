@@ -159,6 +159,11 @@ def to_json_text(value: Any, *, strict: bool = True, where: str = "extra field")
 
 
 def _check_text(value: Any, where: str) -> str:
+    if isinstance(value, bytes):  # a Parquet binary column: text when it is UTF-8
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{where} is binary, not UTF-8 text (bad byte at {e.start})") from None
     if not isinstance(value, str):
         raise RecordError(f"{where} must be a string, got {type(value).__name__}")
     try:
@@ -176,6 +181,8 @@ def parse_record(obj: Any, *, require_id: bool = True) -> dict:
         if "id" not in obj or obj["id"] is None:
             raise RecordError("missing id")
         rid = obj["id"]
+        if isinstance(rid, bytes):
+            rid = _check_text(rid, "id")
         if not isinstance(rid, str):
             raise RecordError(f"id must be a string, got {type(rid).__name__}")
         if not rid.strip():
