@@ -223,6 +223,17 @@ def test_missing_pool_is_one_clear_error(tmp_path, inlen):
         run(tmp_path, tmp_path / "nope*.jsonl")
     with pytest.raises(InputError, match="no such file"):
         run(tmp_path, tmp_path / "nope.jsonl")
+    with pytest.raises(InputError, match="is a folder"):
+        run(tmp_path, tmp_path)
+    with pytest.raises(InputError, match="unknown file type"):
+        run(tmp_path, write_jsonl(tmp_path / "pool.txt", demo_records(2)))
+
+
+def test_expand_keeps_order_and_drops_repeats(tmp_path):
+    from tamis.io.files import expand
+
+    a, b = (str(write_jsonl(tmp_path / f"{n}.jsonl", demo_records(1))) for n in ("b", "a"))
+    assert expand([a, str(tmp_path / "*.jsonl"), a]) == [a, b]
 
 
 # --- what a record keeps -----------------------------------------------------------------------
@@ -429,3 +440,25 @@ def test_any_damage_is_read_without_error_and_counted_as_planned(tmp_path, kind,
             assert not damage and len(lines) == 300
         elif kept or padding:
             assert damage
+
+
+def test_an_over_long_line_is_never_held_whole(tmp_path):
+    path = tmp_path / "long.jsonl.gz"
+    body = b'{"id": "a", "text": "ok"}\n' + b"x" * 50_000 + b'\n{"id": "b", "text": "ok"}\n' + b"y" * 30_000
+    path.write_bytes(gzip.compress(body))
+    items = list(iter_lines(str(path), max_line=1000))
+    assert [n for n, _ in items] == [1, 2, 3, 4] and count_lines(str(path)) == 4
+    assert items[0][1] == b'{"id": "a", "text": "ok"}' and items[2][1] == b'{"id": "b", "text": "ok"}'
+    for (_, item), size in ((items[1], 50_000), (items[3], 30_000)):
+        assert isinstance(item, Damage) and item.reason == f"record is {size} bytes, over the 1000-byte limit"
+        assert len(item.raw) <= 4096
+
+
+def test_an_over_long_line_is_a_reject_with_its_size(tmp_path, inlen):
+    pool = tmp_path / "p.jsonl"
+    big = b'{"id": "big", "text": "' + b"z" * (9 << 20) + b'"}\n'
+    write_jsonl(pool, demo_records(3) + [big])
+    s = run(tmp_path, pool)
+    check_accounting(s, tmp_path / "out")
+    (r,) = rejects(tmp_path / "out")
+    assert r["reason"] == f"record is {len(big) - 1} bytes, over the {8 << 20}-byte limit" and len(r["raw"]) <= 4096

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import InputError, StorageError
+from ..schemas.records import MAX_RECORD_BYTES
 
 GLOB_CHARS = frozenset("*?[")
 # Compressed bytes fed to a decompressor at a time, and the most output taken from one call.
@@ -314,26 +315,48 @@ def _damage(path: str, broken: _Broken, lines: int, tail: bytes) -> Damage:
     return Damage(f"{broken.what} {where}: {broken.detail}", (tail or broken.raw)[:DAMAGE_RAW_BYTES])
 
 
-def iter_lines(path: str) -> Iterator[tuple[int, bytes | Damage]]:
+def iter_lines(path: str, max_line: int | None = None) -> Iterator[tuple[int, bytes | Damage]]:
     """(line number from 1, the line without its newline) for every physical line of a JSONL
     file, blank ones included. A damaged stream ends with (next number, Damage): the bytes after
-    its last newline are not a line but part of the damage (a line cut off mid-way)."""
+    its last newline are not a line but part of the damage (a line cut off mid-way).
+
+    A line longer than ``max_line`` bytes (the record limit) is not held in memory: it is a
+    Damage item with its size and first bytes, so a file without newlines cannot exhaust a worker.
+    """
+    max_line = MAX_RECORD_BYTES if max_line is None else max_line
     lineno, tail = 0, b""
+    over = 0  # bytes of the current, too long line dropped after the head kept in ``tail``
     for block in _text_blocks(path):
         if isinstance(block, _Broken):
-            if block.complete and tail:  # the stream's last line, whole but without a newline
+            if block.complete and (tail or over):  # the stream's last line, whole but without a newline
                 lineno += 1
-                yield lineno, tail
-                tail = b""
+                yield lineno, _line(tail, over, max_line)
+                tail, over = b"", 0
             yield lineno + 1, _damage(path, block, lineno, tail)
             return
+        if over:
+            end = block.find(b"\n")
+            if end < 0:
+                over += len(block)
+                continue
+            lineno += 1
+            yield lineno, _line(tail, over + end, max_line)
+            tail, over, block = b"", 0, block[end + 1:]
         parts = (tail + block).split(b"\n") if tail else block.split(b"\n")
         tail = parts.pop()
         for line in parts:
             lineno += 1
-            yield lineno, line
-    if tail:
-        yield lineno + 1, tail
+            yield lineno, line if len(line) <= max_line else _line(line[:DAMAGE_RAW_BYTES], len(line) - DAMAGE_RAW_BYTES, max_line)
+        if len(tail) > max_line:
+            tail, over = tail[:DAMAGE_RAW_BYTES], len(tail) - DAMAGE_RAW_BYTES
+    if tail or over:
+        yield lineno + 1, _line(tail, over, max_line)
+
+
+def _line(head: bytes, dropped: int, max_line: int) -> bytes | Damage:
+    if not dropped:
+        return head
+    return Damage(f"record is {len(head) + dropped} bytes, over the {max_line}-byte limit", head)
 
 
 def count_lines(path: str) -> int:
