@@ -462,3 +462,24 @@ def test_an_over_long_line_is_a_reject_with_its_size(tmp_path, inlen):
     check_accounting(s, tmp_path / "out")
     (r,) = rejects(tmp_path / "out")
     assert r["reason"] == f"record is {len(big) - 1} bytes, over the {8 << 20}-byte limit" and len(r["raw"]) <= 4096
+
+
+def test_scan_counts_and_hashes_in_one_read(tmp_path):
+    import hashlib
+
+    from tamis.io.files import scan
+
+    lines = lines_of(50)
+    head, _ = gzip_parts(lines, 30)
+    cases = {"plain.jsonl": b"".join(lines), "whole.jsonl.gz": gzip.compress(b"".join(lines)),
+             "cut.jsonl.gz": head, "trail.jsonl.gz": gzip.compress(b"".join(lines)) + b"junk" * 1000,
+             "bad.jsonl.gz": b"\x1f\x8b\x08\x00" + b"\xff" * 70_000}
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        got = scan(str(path), digest=True)
+        assert got.lines == count_lines(str(path)) == len(list(iter_lines(str(path)))), name
+        assert got.size == len(data) and got.sha256 == hashlib.sha256(data).hexdigest(), name
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"]}), tmp_path / "p.parquet")
+    got = scan(str(tmp_path / "p.parquet"), digest=True)
+    assert got.lines == 2 and got.sha256 == hashlib.sha256((tmp_path / "p.parquet").read_bytes()).hexdigest()

@@ -286,21 +286,25 @@ def _trailing(codec: _Codec, pending: bytes, f) -> _Broken:
                    complete=True)
 
 
-def iter_blocks(path: str) -> Iterator[bytes | _Broken]:
+def iter_blocks(path: str, _reader=None) -> Iterator[bytes | _Broken]:
     """The file's decompressed bytes in blocks; a damaged stream ends with one _Broken item."""
     codec_name = compression(path)
-    with open_raw(path) as f:
+    with open_raw(path) as raw:
+        f = _reader(raw) if _reader else raw
         if codec_name is None:
             yield from iter(lambda: f.read(BLOCK_BYTES), b"")
             return
         yield from _decompressed_blocks(f, _Codec(codec_name))
+        if _reader:
+            for _ in iter(lambda: f.read(BLOCK_BYTES), b""):  # the bytes after a damage, for the digest
+                pass
 
 
-def _text_blocks(path: str) -> Iterator[bytes | _Broken]:
+def _text_blocks(path: str, _reader=None) -> Iterator[bytes | _Broken]:
     """iter_blocks without a leading UTF-8 byte-order mark (Windows editors write one): it is
     not part of line 1."""
     first = True
-    for block in iter_blocks(path):
+    for block in iter_blocks(path, _reader):
         if first and isinstance(block, bytes):
             first = False
             if block.startswith(UTF8_BOM):
@@ -359,22 +363,72 @@ def _line(head: bytes, dropped: int, max_line: int) -> bytes | Damage:
     return Damage(f"record is {len(head) + dropped} bytes, over the {max_line}-byte limit", head)
 
 
-def count_lines(path: str) -> int:
-    """How many numbered items ``iter_lines`` (or ``iter_rows``) yields: physical lines (a last
-    line without newline counts), plus one for a damaged stream's Damage; or Parquet rows."""
+@dataclass(frozen=True)
+class FileScan:
+    """What planning needs of an input file, from one read: its numbered items and, when asked,
+    the size and SHA-256 of its bytes as stored (a resume key that covers the content)."""
+
+    path: str
+    lines: int
+    size: int | None = None
+    sha256: str | None = None
+
+
+class _Digesting:
+    """A file reader that hashes and counts what passes through it."""
+
+    def __init__(self, f):
+        import hashlib
+
+        self.f, self.hash, self.size = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+
+def scan(path: str, digest: bool = False) -> FileScan:
+    """Count a file's items (see ``count_lines``), and with ``digest`` hash its stored bytes in the
+    same read (a Parquet file is then read whole; without it only its footer is read)."""
     if file_format(path) == "parquet":
         try:
             with parquet_file(path) as pf:
-                return pf.metadata.num_rows
+                lines = pf.metadata.num_rows
         except _ParquetUnreadable:
-            return 1
-    n, last = 0, b"\n"
-    for block in _text_blocks(path):
+            lines = 1
+        if not digest:
+            return FileScan(path, lines)
+        with open_raw(path) as raw:
+            f = _Digesting(raw)
+            for _ in iter(lambda: f.read(BLOCK_BYTES), b""):
+                pass
+        return FileScan(path, lines, f.size, f.hash.hexdigest())
+    reader: list[_Digesting] = []
+
+    def wrap(raw):
+        reader.append(_Digesting(raw))
+        return reader[0]
+
+    n, last, lines = 0, b"\n", None
+    for block in _text_blocks(path, wrap if digest else None):
         if isinstance(block, _Broken):
-            return n + (2 if block.complete and last != b"\n" else 1)
+            lines = n + (2 if block.complete and last != b"\n" else 1)
+            continue  # the reader drains the rest of the file for the digest
         n += block.count(b"\n")
         last = block[-1:]
-    return n + (0 if last == b"\n" else 1)
+    if lines is None:
+        lines = n + (0 if last == b"\n" else 1)
+    if not digest:
+        return FileScan(path, lines)
+    return FileScan(path, lines, reader[0].size, reader[0].hash.hexdigest())
+
+
+def count_lines(path: str) -> int:
+    """How many numbered items ``iter_lines`` (or ``iter_rows``) yields: physical lines (a last
+    line without newline counts), plus one for a damaged stream's Damage; or Parquet rows."""
+    return scan(path).lines
 
 
 # --- Parquet -----------------------------------------------------------------------------------
