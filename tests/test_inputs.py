@@ -483,3 +483,17 @@ def test_scan_counts_and_hashes_in_one_read(tmp_path):
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"]}), tmp_path / "p.parquet")
     got = scan(str(tmp_path / "p.parquet"), digest=True)
     assert got.lines == 2 and got.sha256 == hashlib.sha256((tmp_path / "p.parquet").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_many_large_members_are_read_whole(tmp_path, kind):
+    import random
+
+    rng = random.Random(0)
+    lines = [json.dumps({"id": f"r{i}", "text": "".join(rng.choice("abcdefgh ") for _ in range(200))}).encode()
+             for i in range(3000)]
+    data = b"".join(_compress(kind, b"\n".join(lines[k:k + 1000]) + b"\n") for k in range(0, 3000, 1000))
+    assert len(data) > 3 * (1 << 16)  # members larger than one read and than one zstd feed
+    path = tmp_path / f"m.jsonl.{'gz' if kind == 'gzip' else 'zst'}"
+    path.write_bytes(data)
+    assert [item for _, item in iter_lines(str(path))] == lines and count_lines(str(path)) == 3000

@@ -25,6 +25,7 @@ GLOB_CHARS = frozenset("*?[")
 # Compressed bytes fed to a decompressor at a time, and the most output taken from one call.
 READ_BYTES = 1 << 16
 BLOCK_BYTES = 1 << 22
+ZSTD_FEED_BYTES = 1 << 13
 # A damage row keeps at most this much of what could not be read (the reason gives the size).
 DAMAGE_RAW_BYTES = 4096
 
@@ -200,14 +201,14 @@ class _Codec:
         return self._zstd.ZstdDecompressor().decompressobj()
 
     def feed(self, d, data: bytes) -> tuple[bytes, bytes]:
-        """(output, input not yet consumed); raises _Broken."""
+        """(output, input not yet consumed); raises _DamageFound."""
         if self.name == "gzip":
             try:
                 return d.decompress(data, BLOCK_BYTES), d.unconsumed_tail
             except zlib.error as e:
                 raise _DamageFound(_gzip_error(e)) from None
-        try:
-            return d.decompress(data), b""
+        try:  # zstd has no output cap: feed small pieces, so a "bomb" cannot make one huge block
+            return d.decompress(data[:ZSTD_FEED_BYTES]), data[ZSTD_FEED_BYTES:]
         except self._zstd.ZstdError as e:
             msg = str(e).split(": ", 1)[-1]
             what = "bad zstd header" if "frame descriptor" in msg or "header" in msg else "corrupt zstd data"
@@ -262,8 +263,8 @@ def _decompressed_blocks(f, codec: _Codec) -> Iterator[bytes | _Broken]:
             return
         if out:
             yield out
-        if d.eof:
-            pending, d = d.unused_data, None
+        if d.eof:  # the member ended inside what was fed: the rest starts the next member
+            pending, d = d.unused_data + pending, None
     if codec.name == "gzip":
         try:
             out = d.flush()
