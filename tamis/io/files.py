@@ -7,12 +7,15 @@ damaged stream (truncated, bad header, corrupt data, trailing bytes) ends its fi
 one :class:`Damage` item that names the file and the line after which it was found: the
 pipeline records it as a reject row, so ``input == accepted + rejected`` accounts for it.
 
-``count_lines`` (planning) and ``iter_lines`` (reading) walk the same decompressed blocks, so
-they always agree on how many numbered items a file holds.
+``count_lines`` / ``scan`` (planning) and ``iter_lines`` (reading) walk the same decompressed
+blocks, so they always agree on how many numbered items a file holds; ``scan`` can hash the
+stored bytes in that same read. A line over the record limit is never held whole. Parquet is
+read row group by row group: a group that cannot be decoded is one Damage item, not a failed run.
 """
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,7 +116,8 @@ def expand(patterns: list[str]) -> list[str]:
     for pattern in patterns:
         if exists(pattern):
             if _is_dir(pattern):
-                raise InputError(f"{pattern} is a folder: give its files, or a glob such as {pattern.rstrip('/')}/*.jsonl")
+                raise InputError(f"{pattern} is a folder: give its files, or a glob such as "
+                                 f"{pattern.rstrip('/')}/*.jsonl")
             files.append(pattern)
         elif has_glob(pattern):
             matched = [p for p in _match(pattern) if not _is_dir(p)]
@@ -130,8 +134,6 @@ def expand(patterns: list[str]) -> list[str]:
 
 
 def _is_dir(path: str) -> bool:
-    import os
-
     return "://" not in path and os.path.isdir(path)
 
 
@@ -283,8 +285,8 @@ def _with_raw(broken: _Broken, data: bytes) -> _Broken:
 
 def _trailing(codec: _Codec, pending: bytes, f) -> _Broken:
     size = len(pending) + sum(len(b) for b in iter(lambda: f.read(READ_BYTES), b""))
-    return _Broken("trailing data", f"{size} bytes after the end of the {codec.name} stream", pending[:DAMAGE_RAW_BYTES],
-                   complete=True)
+    return _Broken("trailing data", f"{size} bytes after the end of the {codec.name} stream",
+                   pending[:DAMAGE_RAW_BYTES], complete=True)
 
 
 def iter_blocks(path: str, _reader=None) -> Iterator[bytes | _Broken]:
@@ -351,7 +353,9 @@ def iter_lines(path: str, max_line: int | None = None) -> Iterator[tuple[int, by
         tail = parts.pop()
         for line in parts:
             lineno += 1
-            yield lineno, line if len(line) <= max_line else _line(line[:DAMAGE_RAW_BYTES], len(line) - DAMAGE_RAW_BYTES, max_line)
+            if len(line) > max_line:
+                line = _line(line[:DAMAGE_RAW_BYTES], len(line) - DAMAGE_RAW_BYTES, max_line)
+            yield lineno, line
         if len(tail) > max_line:
             tail, over = tail[:DAMAGE_RAW_BYTES], len(tail) - DAMAGE_RAW_BYTES
     if tail or over:
