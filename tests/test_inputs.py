@@ -14,8 +14,11 @@ import zlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tamis
+from tamis.io.files import Damage, count_lines, iter_lines
 from tamis.schemas import content_key, parse_line, record_to_json
 
 from .conftest import demo_records, install_plugin, write_jsonl
@@ -157,6 +160,15 @@ def test_damaged_gzip_streams_are_named_and_recorded(tmp_path, inlen, damage, ex
     check_accounting(s, tmp_path / "out")
     damaged = [r for r in rejects(tmp_path / "out") if "gzip" in r["reason"]]
     assert len(damaged) == 1 and expected in damaged[0]["reason"] and "bad.jsonl.gz" in damaged[0]["reason"]
+
+
+def test_empty_compressed_files(tmp_path):
+    (tmp_path / "zero.jsonl.gz").write_bytes(b"")  # a writer that died before its first byte
+    (tmp_path / "none.jsonl.gz").write_bytes(gzip.compress(b""))  # a valid stream of no lines
+    ((_, damage),) = list(iter_lines(str(tmp_path / "zero.jsonl.gz")))
+    assert damage.reason.startswith("truncated gzip at the start of") and "empty" in damage.reason
+    assert count_lines(str(tmp_path / "zero.jsonl.gz")) == 1
+    assert list(iter_lines(str(tmp_path / "none.jsonl.gz"))) == [] and count_lines(str(tmp_path / "none.jsonl.gz")) == 0
 
 
 def test_concatenated_and_zero_padded_gzip_are_whole_files(tmp_path, inlen):
@@ -397,10 +409,6 @@ def test_byte_order_mark_and_blank_chunks(tmp_path, inlen):
 
 # --- the reader itself, over every way a compressed file can be cut or damaged ------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tamis.io.files import Damage, count_lines, iter_lines  # noqa: E402
 
 ORIGINAL = [f'{{"id": "r{i}", "text": "{"w" * (i % 17)}"}}'.encode() for i in range(300)]
 

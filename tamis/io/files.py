@@ -241,6 +241,8 @@ def _decompressed_blocks(f, codec: _Codec) -> Iterator[bytes | _Broken]:
                 pending = pending.lstrip(b"\0")  # zero padding after a member: gzip(1) ignores it too
             if not pending:
                 if at_end:
+                    if not started:  # even an empty stream has a header: a 0-byte file was cut off
+                        yield _Broken(f"truncated {codec.name}", f"the file is empty (no {codec.name} header)")
                     return
                 continue
             starts = codec.starts_member(pending)
