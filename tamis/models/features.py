@@ -52,13 +52,12 @@ class FeatureStore:
     def get(self, key: str) -> np.ndarray | None:
         path = self.path(key)
         if self.remote:
-            from apache_beam.io.filesystems import FileSystems
+            from ..io.runfolder import read_bytes
 
-            if not FileSystems.exists(path):
+            data = read_bytes(path)
+            if data is None:
                 self.misses += 1
                 return None
-            with FileSystems.open(path) as f:
-                data = f.read()
         else:
             try:
                 data = Path(path).read_bytes()
@@ -74,13 +73,9 @@ class FeatureStore:
         path = self.path(key)
         tmp = f"{path}.{os.getpid()}.inprogress"
         if self.remote:
-            from apache_beam.io.filesystems import FileSystems
+            from ..io.runfolder import write_bytes
 
-            with FileSystems.create(tmp) as f:
-                f.write(buf.getvalue())
-            if FileSystems.exists(path):
-                FileSystems.delete([path])
-            FileSystems.rename([tmp], [path])
+            write_bytes(path, buf.getvalue())  # atomic: a temporary name, then a rename
             return
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(tmp).write_bytes(buf.getvalue())
