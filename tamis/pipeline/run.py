@@ -305,10 +305,6 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
         # Nothing left to score (a finished or Flex-launched pass 1): only the selection runs.
         metrics = score_pass(config, files, reused, targets, selectors, schema, progress, prepared) if planned - reused else {}
         timings["score_s"] = time.perf_counter() - t1
-        unscored = planned - folder.scored_chunks()
-        if unscored:
-            raise RuntimeError(f"pass 1 ended with {len(unscored)} of {len(planned)} chunks unscored "
-                               f"(first: {sorted(unscored)[0]})")
 
         budget = config.budget if config.budget is not None else driver.default_budget
         ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate, driver.skip_top(),
