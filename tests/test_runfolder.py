@@ -522,3 +522,77 @@ def test_load_selected_with_an_unknown_task_names_the_runs_tasks(tmp_path, plugi
     select(pool, out, target={"food": targets_dir["food"], "animal": targets_dir["animal"]})
     with pytest.raises(ConfigError, match="typo.*animal, food"):
         tamis.load_selected(str(out), task="typo")
+
+
+# -- the same rules on an object store -------------------------------------------------------------
+
+from apache_beam.io.filesystem import FileMetadata, MatchResult  # noqa: E402
+from apache_beam.io.localfilesystem import LocalFileSystem  # noqa: E402
+
+
+class PrefixedFileSystem(LocalFileSystem):
+    """``tamisobj:///abs/path`` is the local ``/abs/path``: listing, delete and rename behave as
+    Beam's local ones do (delete matches its argument as a pattern, like GCS's)."""
+
+    PREFIX = "tamisobj://"
+
+    @classmethod
+    def scheme(cls):
+        return "tamisobj"
+
+    def _strip(self, path):
+        return path[len(self.PREFIX):] if path.startswith(self.PREFIX) else path
+
+    def match(self, patterns, limits=None):
+        results = super().match([self._strip(p) for p in patterns], limits)
+        out = []
+        for p, r in zip(patterns, results):
+            prefix = self.PREFIX if p.startswith(self.PREFIX) else ""
+            out.append(MatchResult(p, [FileMetadata(prefix + m.path, m.size_in_bytes, m.last_updated_in_seconds)
+                                       for m in r.metadata_list]))
+        return out
+
+    def create(self, path, *args, **kwargs):
+        return super().create(self._strip(path), *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+        return super().open(self._strip(path), *args, **kwargs)
+
+    def exists(self, path):
+        return os.path.isfile(self._strip(path))  # an object store has objects, not folders
+
+    def _list(self, dir_or_prefix):
+        for root, _, files in os.walk(dir_or_prefix):
+            for name in files:
+                p = os.path.join(root, name)
+                yield FileMetadata(p, os.path.getsize(p), os.path.getmtime(p))
+
+    def mkdirs(self, path):
+        return super().mkdirs(self._strip(path))
+
+    def rename(self, sources, destinations):
+        return super().rename([self._strip(p) for p in sources], [self._strip(p) for p in destinations])
+
+    def delete(self, paths):
+        return super().delete([self._strip(p) for p in paths])
+
+
+def test_an_object_store_out_follows_the_same_rules(tmp_path, plugin, monkeypatch):
+    from tamis.io.runfolder import RunLock
+
+    monkeypatch.setattr(RunLock, "SETTLE_S", 0.1)
+    pool = write_jsonl(tmp_path / "pool.jsonl", demo_records(30))
+    runs = tmp_path / "runs"
+    fake_run(runs / "starQx")
+    before = tree_bytes(runs / "starQx")
+    out = f"tamisobj://{runs}/star*x"
+    assert select(pool, out).counts["input"] == 30
+    assert not (runs / "star*x" / ".tamis.lock").exists()  # the lock object is deleted when the run ends
+    assert select(write_jsonl(tmp_path / "p2.jsonl", demo_records(20)), out, overwrite=True).counts["input"] == 20
+    assert tamis.reselect(out, 3).counts["selected"] == 3
+    assert len(tamis.load_selected(out)) == 3
+    assert tree_bytes(runs / "starQx") == before
+    (runs / "star*x" / ".tamis.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                            "started": "now", "token": "x", "heartbeat": time.time()}))
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+        tamis.reselect(out, 4)

@@ -36,8 +36,7 @@ def inspect_run(out: str, top: int, console: Console) -> bool:
     from ..pipeline.run import count_outputs
 
     folder = RunFolder(out)
-    if not folder.remote and not folder.exists():
-        raise FileNotFoundError(f"{folder.path}: no such run folder")
+    folder.require_exists()
     missing = folder.unfinished()
     if missing is not None:
         holder = folder.running_holder()

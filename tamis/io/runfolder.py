@@ -61,6 +61,7 @@ TEMP_SUFFIX = ".inprogress"
 
 SCORING, SELECTING, FINISHED = "scoring", "selecting", "finished"
 GLOB_CHARS = "*?["
+LITERAL_DELETE_SCHEMES = {"s3", "azfs", "hdfs"}
 FINISH_HINT = "rerun `tamis select` with the same arguments to finish it"
 
 
@@ -163,9 +164,10 @@ def delete_files(paths: Iterable[str]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(p)
     if remote:
-        # GCS's delete matches its argument as a pattern; S3's and the others' take it literally.
+        # GCS's delete (like the local one) matches its argument as a pattern; S3's, Azure's and
+        # HDFS's take it literally. Any other filesystem is assumed to match, as Beam's base does.
         fs = _fs()
-        fs.delete([glob_escape(p) if fs.get_scheme(p) == "gs" else p for p in remote])
+        fs.delete([p if fs.get_scheme(p) in LITERAL_DELETE_SCHEMES else glob_escape(p) for p in remote])
 
 
 def read_json(path: str) -> dict | None:
@@ -472,10 +474,17 @@ class RunFolder:
             return describe_owner(owner)
         return None
 
+    def require_exists(self) -> None:
+        """A reader's first check: there is a run here at all (never creates anything)."""
+        if self.remote:
+            if not (self.exists(MANIFEST) or self.exists(STATE)):
+                raise RunFolderError(f"{self.path}: no tamis run there (no {MANIFEST})")
+        elif not os.path.isdir(self.path):
+            raise RunFolderError(f"{self.path}: no such run folder")
+
     def require_finished(self, action: str = "read") -> dict:
         """The manifest of a finished run, or one line saying what is missing."""
-        if not self.remote and not os.path.isdir(self.path):
-            raise RunFolderError(f"{self.path}: no such run folder")
+        self.require_exists()
         missing = self.unfinished()
         if missing is not None:
             holder = self.running_holder()

@@ -351,6 +351,7 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
     was made with.
     """
     folder = RunFolder(out)
+    folder.require_exists()  # before the lock, which would create the folder
     with folder.lock():
         manifest = folder.require_reselectable()
         data = dict(manifest["config"], out=folder.path, budget=budget, runner=runner, workers=workers,
