@@ -41,10 +41,10 @@ def inspect_run(out: str, top: int, console: Console) -> bool:
     if missing is not None:
         holder = folder.running_holder()
         console.print(f"unfinished: {missing}" + (f" (a run by {holder} may still be writing it)" if holder else ""),
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)
         c = count_outputs(folder.path)
         console.print(f"  on disk so far: {len(folder.shards())} shards, {c['accepted']} rows scored, "
-                      f"{c['rejected']} rejected; {FINISH_HINT}", highlight=False, markup=False)
+                      f"{c['rejected']} rejected; {FINISH_HINT}", highlight=False, markup=False, soft_wrap=True)
         return False
     manifest = folder.read_manifest() or {}
     counts = count_outputs(folder.path)

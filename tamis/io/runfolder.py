@@ -470,7 +470,8 @@ class RunFolder:
     def running_holder(self) -> str | None:
         """The writer named in the lock file, where it still seems alive (for a reader's message)."""
         owner = _parse_owner(read_bytes(self.join(LOCK)))
-        if owner and _owner_alive(owner, stale_s=RunLock.STALE_S):
+        ourselves = owner and owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()
+        if owner and not ourselves and _owner_alive(owner, stale_s=RunLock.STALE_S):
             return describe_owner(owner)
         return None
 
