@@ -322,6 +322,26 @@ def test_a_run_killed_in_pass_2_is_unfinished_until_select_runs_again(tmp_path, 
     assert len(tamis.load_selected(str(out))) == 12
 
 
+def test_an_interrupted_reselect_is_unfinished_and_reselect_finishes_it(tmp_path, plugin, one_thread):
+    pool = write_jsonl(tmp_path / "pool.jsonl", demo_records(40))
+    gate = tmp_path / "gate"
+    out = tmp_path / "out"
+    gate.touch()
+    select(pool, out, selector=["pick"], param={"gate": str(gate)})
+    gate.unlink()
+    Path(f"{gate}.waiting").unlink()
+    proc = _start(["reselect", str(out), "--budget", "7"], plugin)
+    try:
+        _wait_for(lambda: Path(f"{gate}.waiting").exists(), proc, "the reselect reached the gate")
+    finally:
+        _kill(proc)
+    with pytest.raises(UnfinishedRunError, match="selection interrupted"):
+        tamis.load_selected(str(out))
+    gate.touch()
+    assert tamis.reselect(str(out), 7).counts["selected"] == 7  # the scores are whole: a reselect redoes pass 2
+    assert len(tamis.load_selected(str(out))) == 7
+
+
 # -- one writer at a time ----------------------------------------------------------------------------
 
 def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path, plugin):
