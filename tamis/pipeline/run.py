@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, RunFolder, content_digest, file_digest, read_parquet_metadata
-from ..io.runfolder import WORK as WORKDIR
+from ..io.runfolder import (FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder, content_digest, file_digest,
+                            read_parquet_metadata)
 from ..schemas.config import SelectConfig
 from ..schemas.output import output_schema
 from ..schemas.records import content_key
@@ -256,7 +256,7 @@ def _versions() -> dict[str, str]:
 
 def _merge_selection_report(manifest: dict, folder: RunFolder) -> None:
     """A custom selection rule's report (per-round weights and the like), when it wrote one."""
-    report = folder.read_json(f"{WORKDIR}/{SELECTION_REPORT}")
+    report = folder.read_json(f"{WORK}/{SELECTION_REPORT}")
     if report is not None:
         manifest["selection_report"] = report
     else:
