@@ -43,15 +43,6 @@ def reselect(out: str, budget: float, **kwargs: Any):
     return run_reselect(out, budget, **kwargs)
 
 
-def _shard_files(out: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    files = sorted(m.path for r in FileSystems.match([f"{out.rstrip('/')}/shards/part-*.parquet"]) for m in r.metadata_list)
-    if not files:
-        raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
-    return files
-
-
 def load_selected(out: str, task: str | None = None, curriculum: bool = False):
     """The selected rows of a run as a ``datasets.Dataset``, in rank order (1 = best).
 
@@ -59,14 +50,25 @@ def load_selected(out: str, task: str | None = None, curriculum: bool = False):
     first instead: by ``curriculum_stage``, then ``difficulty``, then rank (the ``irt`` selector
     writes both columns; :class:`tamis.curriculum.CurriculumSampler` schedules them). The shards
     are plain Parquet, so ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")``
-    reads every row.
+    reads every row. A run that is unfinished (killed, or still running) raises
+    :class:`tamis.errors.UnfinishedRunError` naming what is missing; a task the run does not
+    have raises :class:`tamis.errors.ConfigError` naming the tasks it has.
     """
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    table = pa.concat_tables(pq.read_table(f) for f in _shard_files(out))
+    from .errors import ConfigError
+    from .io.runfolder import RunFolder
+
+    folder = RunFolder(out)
+    manifest = folder.require_finished()
+    if task is not None:
+        tasks = manifest.get("resolved", {}).get("tasks") or []
+        if task not in tasks:
+            has = f"its tasks: {', '.join(tasks)}" if tasks else "it was made without targets, so it has no tasks"
+            raise ConfigError(f"task {task!r} is not in the run {folder.path} ({has})")
+    table = folder.read_shards()
     mask = table.column("selected")
     if task is not None:
         mask = pc.and_(mask, pa.array([task in v for v in table.column("selected_for").to_pylist()]))

@@ -193,13 +193,14 @@ def inspect(
 def demo(
     out: str = typer.Option("runs/demo", "--out", help="output folder"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace another run in --out"),
 ):
     """Run RDS+ on the bundled demo pool (2,000 WordNet definitions, a few broken lines)."""
     from ..demo import demo_config
     from ..pipeline.run import run_select
     from .inspect import inspect_run
 
-    run_select(demo_config(out), progress=progress and sys.stderr.isatty())
+    run_select(demo_config(out, overwrite=overwrite), progress=progress and sys.stderr.isatty())
     out_console.print(f"[bold]tamis demo[/] -> {out}", highlight=False)
     inspect_run(out, 3, out_console)
 

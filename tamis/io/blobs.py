@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from . import runfolder
+
 
 def _fs():
     """Beam's filesystems, imported on first use: importing tamis.io stays cheap."""
@@ -23,7 +25,7 @@ def is_remote(path: str) -> bool:
 
 
 def exists(path: str) -> bool:
-    return _fs().exists(path)
+    return runfolder.exists(path)
 
 
 def read_bytes(path: str, raw: bool = False) -> bytes:
@@ -36,23 +38,8 @@ def read_bytes(path: str, raw: bool = False) -> bytes:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename (parents created)."""
-    if not is_remote(path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.inprogress"
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
-        return
-    FileSystems = _fs()
-    parent = path.rsplit("/", 1)[0]
-    if not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
-    tmp = f"{path}.{os.getpid()}.inprogress"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
+    """Write ``data`` to ``path`` through a unique temporary name and one rename (parents created)."""
+    runfolder.write_bytes(path, data)
 
 
 def list_files(uri: str) -> list[tuple[str, int, float]]:

@@ -83,22 +83,31 @@ def dry_run(config: SelectConfig) -> DryRun:
 
 
 def submit_score_pass(config: SelectConfig):
-    """Plan, prepare and submit pass 1 without waiting; returns Beam's PipelineResult."""
+    """Plan, prepare and submit pass 1 without waiting; returns Beam's PipelineResult.
+
+    The run folder's lock is held while planning and submitting; the state record says
+    "scoring" until a later ``tamis select`` into the same folder selects and finishes it.
+    """
+    from ..io.runfolder import SCORING, RunFolder
     from ..schemas.output import output_schema
     from .chunks import InputFile, count_lines
-    from .run import _prepare_out, build_selectors, prepare_selectors, score_pipeline, scoring_key
+    from .run import build_selectors, make_plan, prepare_selectors, score_pipeline
     from .sources import expand, read_targets
 
+    folder = RunFolder(config.out)
     check_options(config)
     targets = read_targets(config.target) if config.target else None
     selectors = build_selectors(config, targets)
     schema = output_schema([c for s in selectors for c in s.columns(s.task_names(targets))])
     paths = expand(config.pool)
-    files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
-    done = _prepare_out(config, scoring_key(config, paths))
-    prepared = prepare_selectors(config, selectors, targets)
-    planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
-    return score_pipeline(config, files, done & planned, targets, selectors, schema, prepared).run()
+    with folder.lock():
+        files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
+        done = folder.prepare(make_plan(config, paths, targets), config.overwrite)
+        planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
+        folder.save_targets(targets)
+        folder.set_state(SCORING, by="select", chunks=len(planned))
+        prepared = prepare_selectors(config, selectors, targets)
+        return score_pipeline(config, files, done & planned, targets, selectors, schema, prepared).run()
 
 
 # Flex Template parameters that are lists: comma-separated in one value.

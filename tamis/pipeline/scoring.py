@@ -7,7 +7,6 @@ scores depend on the runner; the selectors batch inside a chunk by a token budge
 """
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from ..io.runfolder import RunFolder, write_parquet
 from ..schemas.output import REJECT_SCHEMA
 from ..selectors import registry
 from ..selectors.base import RunContext, Selector
@@ -154,34 +154,14 @@ def models_used(shard_paths: Sequence[str]) -> list[dict]:
     """Each distinct (host, models loaded) of the workers that wrote these shards, with a shard count."""
     import json
 
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    from ..io.runfolder import read_parquet_metadata
 
     counts: dict[str, int] = {}
     for path in shard_paths:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            raw = (pq.read_metadata(f).metadata or {}).get(META_MODELS)
+        raw = (read_parquet_metadata(path).metadata or {}).get(META_MODELS)
         if raw:
             counts[raw.decode()] = counts.get(raw.decode(), 0) + 1
     return [dict(json.loads(k), shards=n) for k, n in sorted(counts.items())]
-
-
-def write_parquet(table: pa.Table, path: str, metadata: dict[bytes, bytes] | None = None) -> None:
-    """Write a table to ``path`` on any Beam filesystem, atomically (temp file, then rename)."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    tmp = path + ".inprogress"
-    with FileSystems.create(tmp) as f:
-        f.write(buf.getvalue())
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
 
 
 def shard_table(chunk: ValidChunk, columns: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
@@ -216,19 +196,19 @@ class WriteShard(beam.DoFn):
     """Write a scored chunk: rejects first, then the shard (whose existence marks it done)."""
 
     def __init__(self, out: str, schema: pa.Schema):
-        self.out = out.rstrip("/")
+        self.folder = RunFolder(out)
         self.schema = schema
 
     def process(self, result: PredictionResult):
         chunk: ValidChunk = result.example
         start = time.perf_counter()
         if chunk.rejects:
-            write_parquet(pa.Table.from_pylist(chunk.rejects, schema=REJECT_SCHEMA),
-                          f"{self.out}/rejects/{chunk.name}.parquet")
+            write_parquet(self.folder.reject_path(chunk.name),
+                          pa.Table.from_pylist(chunk.rejects, schema=REJECT_SCHEMA))
         table = shard_table(chunk, result.inference, self.schema)
         metadata = {META_LINES: str(chunk.lines).encode()}
         if result.model_id:
             metadata[META_MODELS] = result.model_id.encode()
-        write_parquet(table, f"{self.out}/shards/{chunk.name}.parquet", metadata)
+        write_parquet(self.folder.shard_path(chunk.name), table, metadata)
         Metrics.distribution(NAMESPACE, "write_ms_per_chunk").update(int(1000 * (time.perf_counter() - start)))
         yield chunk.name

@@ -8,7 +8,6 @@ runs this pass alone with a new budget.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import pyarrow.compute as pc
 
 from ..schemas.output import REJECT_SCHEMA
 from ..schemas.records import record_to_json
-from .scoring import write_parquet
+from ..io.runfolder import RunFolder, read_table, write_bytes, write_parquet
 
 # A custom rule's report (JSON bytes in the returned table's schema metadata) and its file in the work folder.
 SELECTION_REPORT_KEY = b"tamis.selection_report"
@@ -73,11 +72,7 @@ def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int) -
 
 
 def read_columns(path: str, columns: list[str]) -> pa.Table:
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+    return read_table(path, columns)
 
 
 class ShardIds(beam.DoFn):
@@ -144,16 +139,12 @@ class RewriteShard(beam.DoFn):
     """Set the selection columns of one shard; move later duplicates of an id to the rejects."""
 
     def __init__(self, out: str, fields: tuple[str, ...] = ()):
-        self.out = out.rstrip("/")
+        self.folder = RunFolder(out)
         self.fields = tuple(fields)  # the driver's selection fields: rewritten in every shard (null unless picked)
 
     def process(self, item: tuple[int, str], selection: dict, duplicates: list):
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
         index, path = item
-        with FileSystems.open(path) as f:
-            table = pq.read_table(io.BytesIO(f.read()))
+        table = read_table(path)
         metadata = table.schema.metadata
         drop = {row: (rid, first) for (shard, row), (rid, first) in duplicates if shard == index}
         name = path.rsplit("/", 1)[-1]
@@ -164,8 +155,8 @@ class RewriteShard(beam.DoFn):
             rejects = [{"id": rid, "raw": record_to_json(r), "reason": f"duplicate id (first in shard {first[0]}, row {first[1]})",
                         "source": f"{name} row {row}"}
                        for (row, (rid, first)), r in zip(sorted(drop.items()), dropped.to_pylist())]
-            write_parquet(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
-                          f"{self.out}/rejects/duplicates-{name}")
+            write_parquet(self.folder.reject_path(f"duplicates-{name}"),
+                          pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
             table = table.filter(pa.array(keep))
         ids = table.column("id").to_pylist()
         picked = [selection.get(rid) for rid in ids]
@@ -179,7 +170,7 @@ class RewriteShard(beam.DoFn):
                                  pa.array([p[0] if p else None for p in picked], pa.int64()))
         table = table.set_column(table.schema.get_field_index("selected_for"), table.schema.field("selected_for"),
                                  pa.array([p[1] if p else [] for p in picked], pa.list_(pa.string())))
-        write_parquet(table.replace_schema_metadata(metadata), path)
+        write_parquet(path, table.replace_schema_metadata(metadata))
         yield int(pc.sum(table.column("selected")).as_py() or 0)
 
 
@@ -281,10 +272,7 @@ def custom_selection(tables: list[pa.Table], custom: tuple, budget: float, shard
     chosen = selector.select(table, resolve_budget(budget, table.num_rows), context)
     report = (chosen.schema.metadata or {}).get(SELECTION_REPORT_KEY)
     if report is not None and context.work_dir:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(f"{context.work_dir.rstrip('/')}/{SELECTION_REPORT}") as f:
-            f.write(report)
+        write_bytes(f"{context.work_dir.rstrip('/')}/{SELECTION_REPORT}", report)
     extra = [f.name for f in selector.selection_fields()]
     ids = chosen.column("id").to_pylist()
     values = {f: chosen.column(f).to_pylist() for f in extra}
