@@ -39,7 +39,6 @@ BEAM_ALLOWED = ("tamis.pipeline", "tamis.io")
 # and on a listed one that is gone (take it off the list).
 KNOWN = {
     ("tamis.pipeline.launch", "tamis.api"): "load_config moves below api with the run Plan (issue 15, item 3)",
-    ("tamis.api", "apache_beam"): "listing a run's shards goes through tamis.io.runfolder (run-folder issue)",
 }
 
 
