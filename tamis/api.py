@@ -44,15 +44,16 @@ def reselect(out: str, budget: float, **kwargs: Any):
 
 
 def _shard_files(out: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
+    from .io.filesystems import match
 
-    files = sorted(m.path for r in FileSystems.match([f"{out.rstrip('/')}/shards/part-*.parquet"]) for m in r.metadata_list)
+    files = match(f"{out.rstrip('/')}/shards/part-*.parquet")
     if not files:
         raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
     return files
 
 
-def load_selected(out: str, task: str | None = None, curriculum: bool = False):
+def load_selected(out: str, task: str | None = None, curriculum: bool = False,
+                  storage_options: dict[str, Any] | list[str] | None = None):
     """The selected rows of a run as a ``datasets.Dataset``, in rank order (1 = best).
 
     With ``task``, only rows selected for that task. With ``curriculum``, the rows come easiest
@@ -60,13 +61,19 @@ def load_selected(out: str, task: str | None = None, curriculum: bool = False):
     writes both columns; :class:`tamis.curriculum.CurriculumSampler` schedules them). The shards
     are plain Parquet, so ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")``
     reads every row.
+
+    ``storage_options`` are Beam options for a run on an object store, as a mapping
+    (``{"s3_endpoint_url": ..., "s3_access_key_id": ...}``) or as ``--name=value`` arguments:
+    the shards are read through Beam's filesystems with them, never through another S3 client.
     """
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    table = pa.concat_tables(pq.read_table(f) for f in _shard_files(out))
+    from .io.filesystems import read_parquet, use_beam_options
+
+    use_beam_options(storage_options)
+    table = pa.concat_tables(read_parquet(f) for f in _shard_files(out))
     mask = table.column("selected")
     if task is not None:
         mask = pc.and_(mask, pa.array([task in v for v in table.column("selected_for").to_pylist()]))

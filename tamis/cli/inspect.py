@@ -42,9 +42,9 @@ def inspect_run(out: str, top: int, console: Console) -> None:
     from . import print_counts
 
     print_counts(counts)
-    import pyarrow.parquet as pq
+    from ..io.filesystems import read_parquet
 
-    table = pa.concat_tables(pq.read_table(f) for f in _shard_files(out))
+    table = pa.concat_tables(read_parquet(f) for f in _shard_files(out))
     ranking = manifest.get("resolved", {}).get("ranking_columns", {})
     score_cols = [f.name for f in table.schema if f.name.startswith("score_")]
     selected = table.filter(table.column("selected")).sort_by([("rank", "ascending")])

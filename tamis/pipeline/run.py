@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..io.filesystems import use_beam_options
 from ..schemas.config import SelectConfig
 from ..schemas.output import output_schema
 from ..schemas.records import content_key
@@ -320,6 +321,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     """Score and select: the whole ``tamis select`` run."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    use_beam_options(config.beam_args)  # s3/gcs endpoint and credentials, before the first read
     check_options(config)  # before any work: a bad option fails here, not after the proxy training
     targets = read_targets(config.target) if config.target else None
     selectors = build_selectors(config, targets)
@@ -388,6 +390,7 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
     from a run that scored several); by default the tasks the run was made with.
     """
     out = out.rstrip("/")
+    use_beam_options(beam_args or [])
     manifest = _read_json(f"{out}/manifest.json")
     if manifest is None:
         raise FileNotFoundError(f"{out}/manifest.json not found: is this a finished tamis run?")
