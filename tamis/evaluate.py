@@ -41,13 +41,14 @@ class EvalSettings:
 
 def _read_run(out: str):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    files = sorted(Path(out, "shards").glob("part-*.parquet"))
+    from .io.filesystems import match, read_bytes, read_parquet
+
+    files = match(f"{out.rstrip('/')}/shards/part-*.parquet")
     if not files:
         raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
-    manifest = json.loads(Path(out, "manifest.json").read_text())
-    table = pa.concat_tables(pq.read_table(f) for f in files)
+    manifest = json.loads(read_bytes(f"{out.rstrip('/')}/manifest.json"))
+    table = pa.concat_tables(read_parquet(f) for f in files)
     return manifest, table
 
 
@@ -187,7 +188,9 @@ def evaluate_run(out: str, evals: dict[str, str], *, baselines: tuple[str, ...] 
         results["precision_at_k"] = precision_at_k(table, ranking, lab, label_of or {}, k)
     results["total_s"] = time.perf_counter() - start
     results["selectors"] = manifest["config"]["selector"]
-    Path(out, "evaluate.json").write_text(json.dumps(results, indent=2))
+    from .io.filesystems import write_bytes
+
+    write_bytes(f"{out.rstrip('/')}/evaluate.json", json.dumps(results, indent=2).encode("utf-8"))
     return results
 
 

@@ -120,11 +120,13 @@ def stage_plot(table) -> str | None:
     return _png(fig)
 
 
-def evaluate_html(out: Path) -> str | None:
-    path = out / "evaluate.json"
-    if not path.exists():
+def evaluate_html(out: str) -> str | None:
+    from .io.filesystems import match, read_bytes
+
+    path = f"{out.rstrip('/')}/evaluate.json"
+    if not match(path):
         return None
-    res = json.loads(path.read_text())
+    res = json.loads(read_bytes(path))
     arms = [a for a in ("selected", "random", "full") if any(a in v for v in res["summary"].values())]
     head = "".join(f"<th>{a}</th>" for a in arms)
     rows = []
@@ -142,17 +144,18 @@ def evaluate_html(out: Path) -> str | None:
             f"<table><tr><th>task</th>{head}</tr>{''.join(rows)}</table>" + (f"<ul>{extra}</ul>" if extra else ""))
 
 
-def write_report(out: str) -> Path:
-    """Write ``OUT/report.html`` and return its path."""
+def write_report(out: str) -> Path | str:
+    """Write ``OUT/report.html`` (on any Beam filesystem) and return its path."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    root = Path(out)
-    files = sorted((root / "shards").glob("part-*.parquet"))
+    from .io.filesystems import match, read_bytes, read_parquet, write_bytes
+
+    root = out.rstrip("/")
+    files = match(f"{root}/shards/part-*.parquet")
     if not files:
         raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
-    manifest = json.loads((root / "manifest.json").read_text())
-    table = pa.concat_tables(pq.read_table(f) for f in files)
+    manifest = json.loads(read_bytes(f"{root}/manifest.json"))
+    table = pa.concat_tables(read_parquet(f) for f in files)
     c = manifest["counts"]
     sections = [("Counts", "<table>" + "".join(f"<tr><td>{k}</td><td>{v:,}</td></tr>" for k, v in c.items()) + "</table>"
                  + f"<p>input = accepted + rejected: <b>{'holds' if c['input'] == c['accepted'] + c['rejected'] else 'BROKEN'}</b></p>")]
@@ -177,6 +180,6 @@ td:first-child{{text-align:left}} td.best{{font-weight:bold;background:#fff4e6}}
 .meta{{color:#868e96;font-size:.9em}}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="meta">{html.escape(str(root))} · budget {manifest['resolved']['budget']} ·
 tamis {manifest['versions'].get('tamis', '?')} · {manifest['timings'].get('total_s', 0):.0f}s</p>{body}</body></html>"""
-    dest = root / "report.html"
-    dest.write_text(page, encoding="utf-8")
-    return dest
+    dest = f"{root}/report.html"
+    write_bytes(dest, page.encode("utf-8"))
+    return dest if "://" in dest else Path(dest)

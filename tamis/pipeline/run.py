@@ -21,7 +21,7 @@ from ..schemas.records import content_key
 from ..selectors import registry
 from ..selectors.base import RunContext
 from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
-from .options import check_options, pipeline_options
+from .options import check_options, check_prepared, pipeline_options
 from .scoring import SelectorModelHandler, WriteShard, models_used
 from .selection import SELECTION_REPORT, Ranking, selection_pipeline
 from .sources import expand, read_records, read_targets
@@ -340,6 +340,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
 
     t1 = time.perf_counter()
     prepared = prepare_selectors(config, selectors, targets)
+    check_prepared(config, prepared)  # no worker is ever handed a path on this machine's disk
     timings["prepare_s"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()

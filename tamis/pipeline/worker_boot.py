@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,20 +123,22 @@ def boot(argv: list[str] | None = None) -> int:
 
     info = _provision_info(args.provision_endpoint, args.id)
     work = args.semi_persistent_directory or tempfile.mkdtemp(prefix=f"beam-worker-{args.id}-")
-    artifact_endpoint = info.artifact_endpoint.url or args.artifact_endpoint
-    if artifact_endpoint:
-        staged = os.path.join(work, STAGED)
-        _install_staged(staged, _fetch_artifacts(artifact_endpoint, list(info.dependencies), staged))
-    env = worker_environment(info, args.id, work, args.logging_endpoint, args.control_endpoint)
-    # The pool pipes our stdout and never reads it: a chatty worker would block on a full pipe.
-    return subprocess.call([sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"], env=env,
-                           stdout=sys.stderr)
+    try:
+        artifact_endpoint = info.artifact_endpoint.url or args.artifact_endpoint
+        if artifact_endpoint:
+            staged = os.path.join(work, STAGED)
+            _install_staged(staged, _fetch_artifacts(artifact_endpoint, list(info.dependencies), staged))
+        env = worker_environment(info, args.id, work, args.logging_endpoint, args.control_endpoint)
+        # The pool pipes our stdout and never reads it: a chatty worker would block on a full pipe.
+        return subprocess.call([sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"], env=env,
+                               stdout=sys.stderr)
+    finally:
+        if not args.semi_persistent_directory:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def pool(argv: list[str] | None = None) -> None:
     """A worker pool whose workers boot through :func:`boot` (what ``boot --worker_pool`` does)."""
-    import shutil
-
     from apache_beam.runners.worker import worker_pool_main
 
     executable = shutil.which("tamis-worker-boot")

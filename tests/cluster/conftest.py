@@ -82,30 +82,34 @@ def namespace_problem() -> str | None:
     return None
 
 
+def service_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("TMPDIR", None)  # a test's own TMPDIR lies under /tmp, which the workers do not see
+    return env
+
+
 @dataclass
-class Cluster:
-    s3_endpoint: str
-    job_endpoint: str
-    pool_endpoint: str
-    logs: Path
-    processes: dict = field(default_factory=dict)
+class S3:
+    """An S3 API on loopback, with one bucket."""
+
+    endpoint: str
 
     @property
-    def s3_args(self) -> list[str]:
-        return [f"--s3_endpoint_url={self.s3_endpoint}", f"--s3_access_key_id={KEY}",
+    def args(self) -> list[str]:
+        """The Beam options that reach it (what a user passes for a MinIO or Ceph endpoint)."""
+        return [f"--s3_endpoint_url={self.endpoint}", f"--s3_access_key_id={KEY}",
                 f"--s3_secret_access_key={SECRET}", f"--s3_region_name={REGION}"]
 
     @property
-    def beam_args(self) -> list[str]:
-        """What a user passes to submit to this cluster, as for Flink's job server and worker pool."""
-        return ["--runner", "PortableRunner", f"--job_endpoint={self.job_endpoint}",
-                "--environment_type=EXTERNAL", f"--environment_config={self.pool_endpoint}",
-                f"--direct_num_workers={WORKERS}", *self.s3_args]
+    def options(self) -> dict:
+        return {"s3_endpoint_url": self.endpoint, "s3_access_key_id": KEY, "s3_secret_access_key": SECRET,
+                "s3_region_name": REGION}
 
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.s3_endpoint, aws_access_key_id=KEY,
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY,
                             aws_secret_access_key=SECRET, region_name=REGION)
 
     def upload(self, local: str | Path, prefix: str) -> str:
@@ -129,27 +133,57 @@ class Cluster:
                 client.download_file(BUCKET, obj["Key"], str(target))
         return dest
 
-    def worker_log(self) -> str:
-        return (self.logs / "worker_pool.log").read_text(errors="replace")
+
+@dataclass
+class Cluster:
+    s3: S3
+    job_endpoint: str
+    pool_endpoint: str
+    logs: Path
+
+    @property
+    def beam_args(self) -> list[str]:
+        """What a user passes to submit to this cluster, as for Flink's job server and worker pool."""
+        return ["--runner", "PortableRunner", f"--job_endpoint={self.job_endpoint}",
+                "--environment_type=EXTERNAL", f"--environment_config={self.pool_endpoint}",
+                f"--direct_num_workers={WORKERS}", *self.s3.args]
+
+    def worker_log(self, since: int = 0) -> str:
+        """The worker pool's log (its workers' stderr), from byte ``since`` on."""
+        with open(self.logs / "worker_pool.log", "rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
+
+    def worker_log_size(self) -> int:
+        return (self.logs / "worker_pool.log").stat().st_size
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
+def s3(tmp_path_factory):
+    pytest.importorskip("moto", reason="the S3 API on loopback needs moto[server] (the test extra)")
+    pytest.importorskip("boto3", reason="the S3 API on loopback needs boto3 (the test extra)")
+    logs = tmp_path_factory.mktemp("s3_logs")
+    port = free_port()
+    proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], logs / "s3.log", service_env())
+    try:
+        wait_for_port(port, proc, logs / "s3.log")
+        server = S3(f"http://127.0.0.1:{port}")
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, s3):
     problem = namespace_problem()
     if problem:
         pytest.skip(f"cluster rehearsal: {problem}")
-    pytest.importorskip("moto", reason="cluster rehearsal needs moto[server] (the test extra)")
-    pytest.importorskip("boto3", reason="cluster rehearsal needs boto3 (the test extra)")
     logs = tmp_path_factory.mktemp("cluster_logs")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("TMPDIR", None)  # a test's own TMPDIR lies under /tmp, which the workers do not see
-    s3_port, job_port, pool_port = free_port(), free_port(), free_port()
+    env = service_env()
+    job_port, pool_port = free_port(), free_port()
     procs: dict[str, subprocess.Popen] = {}
     try:
-        procs["s3"] = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                            logs / "s3.log", env)
-        wait_for_port(s3_port, procs["s3"], logs / "s3.log")
         procs["job_server"] = start([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
                                      "--port", str(job_port)], logs / "job_server.log", env)
         hidden: list[str] = []
@@ -162,9 +196,7 @@ def cluster(tmp_path_factory):
                                      logs / "worker_pool.log", dict(env, TMPDIR="/tmp"))
         wait_for_port(job_port, procs["job_server"], logs / "job_server.log")
         wait_for_port(pool_port, procs["worker_pool"], logs / "worker_pool.log")
-        c = Cluster(f"http://127.0.0.1:{s3_port}", f"localhost:{job_port}", f"localhost:{pool_port}", logs, procs)
-        c.client().create_bucket(Bucket=BUCKET)
-        yield c
+        yield Cluster(s3, f"localhost:{job_port}", f"localhost:{pool_port}", logs)
     finally:
         for proc in reversed(list(procs.values())):
             stop(proc)

@@ -26,16 +26,18 @@ from .conftest import BUCKET, ROOT, WORKERS
 
 pytestmark = pytest.mark.cluster
 
-POOL_ROWS, SHARD_ROWS, BUDGET = 120, 40, 12
-# The workers receive, from prepare(), a folder on the launcher's disk (its proxy cache): they
-# cannot read it. Flips to passing once prepare() publishes its artifacts under the run folder.
-LAUNCHER_PATH = "prepare() hands the workers a path on the launcher's disk (its proxy cache)"
+POOL_ROWS, SHARD_ROWS, BUDGET = 200, 100, 20
+# prepare() trains proxies into the launcher's own cache and hands the workers that local path.
+# The launch check now refuses such a run with one line (check_prepared) before anything is
+# submitted; without it the workers fail as noted. Flips to passing once prepare() publishes its
+# artifacts under the run folder.
+LAUNCHER_PATH = "prepare() hands the workers a path on the launcher's disk (its proxy cache), refused at launch"
 EXPECTED_FAILURES = {
-    "less": f"{LAUNCHER_PATH}: FileNotFoundError on .../proxies/.../inputs.json",
-    "color": f"{LAUNCHER_PATH}: FileNotFoundError on .../proxies/.../inputs.json",
-    "el2n": f"{LAUNCHER_PATH}: FileNotFoundError on .../proxies/.../inputs.json",
-    "grand": f"{LAUNCHER_PATH}: FileNotFoundError on .../proxies/.../inputs.json",
-    "irt": f"{LAUNCHER_PATH}: OSError, the missing folder taken for a hub repo id",
+    "less": f"{LAUNCHER_PATH}; unchecked, the workers fail with FileNotFoundError on .../proxies/<key>/inputs.json",
+    "color": f"{LAUNCHER_PATH}; unchecked, the workers fail with FileNotFoundError on .../proxies/<key>/inputs.json",
+    "el2n": f"{LAUNCHER_PATH}; unchecked, the workers fail with FileNotFoundError on .../proxies/<key>/inputs.json",
+    "grand": f"{LAUNCHER_PATH}; unchecked, the workers fail with FileNotFoundError on .../proxies/<key>/inputs.json",
+    "irt": f"{LAUNCHER_PATH}; unchecked, the workers fail with OSError: the missing checkpoint folder taken for a hub repo id",
 }
 # Selectors with an embedder: the tiny test encoder, which the workers read from s3://.
 EMBEDDERS = {"rds", "kmeans"}
@@ -69,9 +71,9 @@ def inputs(tmp_path_factory, cluster, tiny_encoder):
     targets = {"food": str(DEMO / "food_dev.jsonl"), "animal": str(DEMO / "animal_dev.jsonl")}
     return {
         "local": {"pool": str(pool), "targets": targets, "model": tiny_encoder},
-        "s3": {"pool": cluster.upload(pool, "inputs/pool.jsonl"),
-               "targets": {t: cluster.upload(p, f"inputs/{t}_dev.jsonl") for t, p in targets.items()},
-               "model": cluster.upload(tiny_encoder, "models/tiny_encoder")},
+        "s3": {"pool": cluster.s3.upload(pool, "inputs/pool.jsonl"),
+               "targets": {t: cluster.s3.upload(p, f"inputs/{t}_dev.jsonl") for t, p in targets.items()},
+               "model": cluster.s3.upload(tiny_encoder, "models/tiny_encoder")},
     }
 
 
@@ -95,16 +97,17 @@ def test_selector_on_a_shared_nothing_cluster_matches_the_direct_runner(name, cl
         command += [a for t, p in s3["targets"].items() for a in ("--target", f"{t}={p}")]
     command += cluster.beam_args
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    log_from = cluster.worker_log_size()
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     wall = time.perf_counter() - start
     print(f"rehearsal {name}: exit {done.returncode}, {wall:.1f}s wall\n{done.stdout}")
     if done.returncode != 0:
         pytest.fail(f"{name} failed on the cluster in {wall:.0f}s:\n{done.stderr[-2500:]}\n"
-                    f"--- worker pool log (tail) ---\n{cluster.worker_log()[-4000:]}")
+                    f"--- worker pool log (tail) ---\n{cluster.worker_log(log_from)[-4000:]}")
 
     key = out.split(f"{BUCKET}/", 1)[1]
-    remote_table, remote_manifest = read_run(cluster.download(key, tmp_path / "cluster_out"))
+    remote_table, remote_manifest = read_run(cluster.s3.download(key, tmp_path / "cluster_out"))
 
     direct = tmp_path / "direct_out"
     tamis.select(pool=[local["pool"]], target=local["targets"] if needs_target else None, selector=[name],
@@ -120,5 +123,5 @@ def test_selector_on_a_shared_nothing_cluster_matches_the_direct_runner(name, cl
     # The work ran on the pool's workers (every shard records the worker that wrote it), and the
     # job server asked the pool for two of them.
     assert sum(u["shards"] for u in remote_manifest["worker_models"]) == POOL_ROWS // SHARD_ROWS
-    assert cluster.worker_log().count("Starting worker with command") >= WORKERS
+    assert cluster.worker_log(log_from).count("Starting worker with command") >= WORKERS
 
