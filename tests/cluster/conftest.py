@@ -140,6 +140,7 @@ class Cluster:
     job_endpoint: str
     pool_endpoint: str
     logs: Path
+    pool_pid: int
 
     @property
     def beam_args(self) -> list[str]:
@@ -153,6 +154,27 @@ class Cluster:
         with open(self.logs / "worker_pool.log", "rb") as f:
             f.seek(since)
             return f.read().decode(errors="replace")
+
+    def sdk_workers(self) -> list[int]:
+        """PIDs of the SDK harness processes the pool's workers run now (read from /proc)."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                pid, rest = stat.read_text().split(" (", 1)
+                children.setdefault(int(rest.rsplit(") ", 1)[1].split()[1]), []).append(int(pid))
+            except (OSError, IndexError, ValueError):
+                continue
+        found, todo = [], [self.pool_pid]
+        while todo:
+            pid = todo.pop()
+            for child in children.get(pid, []):
+                try:
+                    if b"sdk_worker_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        found.append(child)
+                except OSError:
+                    continue
+                todo.append(child)
+        return found
 
     def worker_log_size(self) -> int:
         return (self.logs / "worker_pool.log").stat().st_size
@@ -196,7 +218,7 @@ def cluster(tmp_path_factory, s3):
                                      logs / "worker_pool.log", dict(env, TMPDIR="/tmp"))
         wait_for_port(job_port, procs["job_server"], logs / "job_server.log")
         wait_for_port(pool_port, procs["worker_pool"], logs / "worker_pool.log")
-        yield Cluster(s3, f"localhost:{job_port}", f"localhost:{pool_port}", logs)
+        yield Cluster(s3, f"localhost:{job_port}", f"localhost:{pool_port}", logs, procs["worker_pool"].pid)
     finally:
         for proc in reversed(list(procs.values())):
             stop(proc)

@@ -125,3 +125,61 @@ def test_selector_on_a_shared_nothing_cluster_matches_the_direct_runner(name, cl
     assert sum(u["shards"] for u in remote_manifest["worker_models"]) == POOL_ROWS // SHARD_ROWS
     assert cluster.worker_log(log_from).count("Starting worker with command") >= WORKERS
 
+
+
+KILL_ROWS, KILL_SHARD_ROWS = 600, 50
+
+
+def test_a_worker_killed_mid_run_loses_no_row(cluster, inputs, tmp_path_factory):
+    """One SDK worker is killed (SIGKILL) once the first shards are written. The job either finishes,
+    or fails and a rerun of the same command resumes it; in the end every input id is accounted for.
+
+    Seen here (Beam 2.77's job server): nothing notices the dead worker, the job hangs until the
+    job state stream's gRPC deadline (about 5 minutes), then the CLI prints a DEADLINE_EXCEEDED
+    traceback; the rerun reuses the written shards and completes. The one-line failure is still
+    due (marked xfail at the end, not strict, so the resume check above it keeps guarding)."""
+    import signal
+
+    d = tmp_path_factory.mktemp("kill")
+    records = demo_records(KILL_ROWS)
+    pool = cluster.s3.upload(write_jsonl(d / "pool.jsonl", records), "inputs/kill_pool.jsonl")
+    key = f"runs/kill-{os.getpid()}-{time.time_ns()}"
+    out = f"s3://{BUCKET}/{key}"
+    command = [sys.executable, "-m", "tamis", "select", "--pool", pool, "--selector", "rds", "--budget", "30",
+               "--shard-rows", str(KILL_SHARD_ROWS), "--out", out, "--no-progress",
+               "--param", f"model={inputs['s3']['model']}",
+               *[a for t, p in inputs["s3"]["targets"].items() for a in ("--target", f"{t}={p}")], *cluster.beam_args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    client = cluster.s3.client()
+
+    def shards() -> list[str]:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{key}/shards/").get("Contents", [])
+        return [o["Key"] for o in listed if o["Key"].endswith(".parquet")]
+
+    start = time.perf_counter()
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    killed = None
+    while first.poll() is None and killed is None and time.perf_counter() - start < 600:
+        workers = cluster.sdk_workers()
+        if shards() and workers:
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.5)
+    stdout, stderr = first.communicate(timeout=900)
+    written_before = len(shards())
+    print(f"killed worker {killed} after {time.perf_counter() - start:.0f}s; first run exit {first.returncode}, "
+          f"{written_before} of {KILL_ROWS // KILL_SHARD_ROWS} shards written\n--- stdout\n{stdout}\n--- stderr (tail)\n"
+          f"{stderr[-1500:]}")
+    assert killed is not None, "no worker was running once shards appeared"
+    if first.returncode != 0:
+        rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        print(f"rerun exit {rerun.returncode}\n{rerun.stdout}\n{rerun.stderr[-1500:]}")
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert f"reused from an earlier run" in rerun.stdout
+        stdout = rerun.stdout
+    assert f"input {KILL_ROWS} = accepted {KILL_ROWS} + rejected 0; selected 30" in stdout
+    table, manifest = read_run(cluster.s3.download(key, d / "out"))
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in records)
+    if first.returncode != 0 and len(stderr.strip().splitlines()) != 1:
+        pytest.xfail(f"a killed worker fails the run with a {len(stderr.strip().splitlines())}-line traceback, "
+                     f"not one line: {stderr.strip().splitlines()[-1][:200]}")
