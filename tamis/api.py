@@ -43,7 +43,8 @@ def reselect(out: str, budget: float, **kwargs: Any):
     return run_reselect(out, budget, **kwargs)
 
 
-def load_selected(out: str, task: str | None = None, curriculum: bool = False):
+def load_selected(out: str, task: str | None = None, curriculum: bool = False,
+                  storage_options: dict[str, Any] | list[str] | None = None):
     """The selected rows of a run as a ``datasets.Dataset``, in rank order (1 = best).
 
     With ``task``, only rows selected for that task. With ``curriculum``, the rows come easiest
@@ -53,14 +54,20 @@ def load_selected(out: str, task: str | None = None, curriculum: bool = False):
     reads every row. A run that is unfinished (killed, or still running) raises
     :class:`tamis.errors.UnfinishedRunError` naming what is missing; a task the run does not
     have raises :class:`tamis.errors.ConfigError` naming the tasks it has.
+
+    ``storage_options`` are Beam options for a run on an object store, as a mapping
+    (``{"s3_endpoint_url": ..., "s3_access_key_id": ...}``) or as ``--name=value`` arguments:
+    the shards are read through Beam's filesystems with them, never through another S3 client.
     """
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from .errors import ConfigError
+    from .io.filesystems import use_beam_options
     from .io.runfolder import RunFolder
 
+    use_beam_options(storage_options)
     folder = RunFolder(out)
     manifest = folder.require_finished()
     if task is not None:

@@ -41,6 +41,21 @@ def _user_errors():
     return ValidationError, config_error_line, (ValueError, KeyError, FileNotFoundError, FileExistsError, RecordError, TypeError)
 
 
+def storage_options(ctx: typer.Context) -> None:
+    """The command's extra arguments are Beam options (``--s3_endpoint_url=...``): handed to Beam's
+    filesystems before the first read; a name Beam does not know fails with one line."""
+    from ..io.filesystems import use_beam_options
+    from ..pipeline.options import OptionsError, unknown_options
+
+    try:
+        unknown = unknown_options(ctx.args)
+    except OptionsError as e:
+        fail(str(e))
+    if unknown:
+        fail(f"unknown option {unknown[0]}: neither tamis nor Beam knows it")
+    use_beam_options(ctx.args)
+
+
 def print_metrics(metrics: dict) -> None:
     """Beam's counters and per-stage times, as the runner reported them."""
     if not metrics:
@@ -134,8 +149,9 @@ def select(
     print_metrics(summary.manifest.get("metrics", {}))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def reselect(
+    ctx: typer.Context,
     out: str = typer.Argument(..., help="a finished run folder"),
     budget: float = typer.Option(..., "--budget", help="rows to select: <1 a fraction, >=1 a count"),
     runner: str = typer.Option("DirectRunner", "--runner"),
@@ -147,7 +163,7 @@ def reselect(
 
     ValidationError, error_line, user_errors = _user_errors()
     try:
-        summary = run_reselect(out, budget, runner=runner, workers=workers, tasks=task or None)
+        summary = run_reselect(out, budget, runner=runner, workers=workers, beam_args=list(ctx.args), tasks=task or None)
     except ValidationError as e:
         fail(error_line(e))
     except user_errors as e:
@@ -175,14 +191,16 @@ def list_selectors():
     out_console.print(table)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def inspect(
+    ctx: typer.Context,
     out: str = typer.Argument(..., help="a run folder"),
     top: int = typer.Option(5, "--top", help="top-ranked examples shown per task"),
 ):
     """Print a run's counts, its top-ranked examples per task, and score histograms."""
     from .inspect import inspect_run
 
+    storage_options(ctx)
     try:
         inspect_run(out, top, out_console)
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -205,8 +223,9 @@ def demo(
     inspect_run(out, 3, out_console)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def evaluate(
+    ctx: typer.Context,
     out: str = typer.Argument(..., help="a finished run folder"),
     eval_: list[str] = typer.Option(..., "--eval", help="task=path of held-out eval examples (repeatable)"),
     baselines: str = typer.Option("random,full", "--baselines", help="comma-separated: random, full"),
@@ -222,6 +241,8 @@ def evaluate(
     """Train a small proxy on the selection, on random rows and on the full pool; compare held-out loss."""
     from ..evaluate import EvalSettings, evaluate_run, format_table
     from ..schemas.config import parse_target_pairs
+
+    storage_options(ctx)
 
     ValidationError, error_line, user_errors = _user_errors()
     try:
@@ -239,10 +260,12 @@ def evaluate(
     out_console.print(f"written {out.rstrip('/')}/evaluate.json ({results['total_s']:.0f}s)", highlight=False)
 
 
-@app.command()
-def report(out: str = typer.Argument(..., help="a run folder")):
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def report(ctx: typer.Context, out: str = typer.Argument(..., help="a run folder")):
     """Write OUT/report.html: score plots, selection breakdowns and the evaluate table."""
     from ..report import write_report
+
+    storage_options(ctx)
 
     try:
         path = write_report(out)

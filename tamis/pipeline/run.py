@@ -18,13 +18,14 @@ from typing import Any
 
 from ..io.runfolder import (FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder, content_digest, file_digest,
                             read_parquet_metadata)
+from ..io.filesystems import use_beam_options
 from ..schemas.config import SelectConfig
 from ..schemas.output import output_schema
 from ..schemas.records import content_key
 from ..selectors import registry
 from ..selectors.base import RunContext
 from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
-from .options import check_options, pipeline_options
+from .options import check_options, check_prepared, pipeline_options
 from .scoring import SelectorModelHandler, WriteShard, models_used
 from .selection import SELECTION_REPORT, Ranking, selection_pipeline
 from .sources import expand, read_records, read_targets
@@ -275,6 +276,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     """Score and select: the whole ``tamis select`` run, holding the run folder's lock throughout."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    use_beam_options(config.beam_args)  # s3/gcs endpoint and credentials, before the first read
     folder = RunFolder(config.out)
     check_options(config)  # before any work: a bad option fails here, not after the proxy training
     targets = read_targets(config.target) if config.target else None
@@ -298,6 +300,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
 
         t1 = time.perf_counter()
         prepared = prepare_selectors(config, selectors, targets)
+        check_prepared(config, prepared)  # no worker is ever handed a path on this machine's disk
         timings["prepare_s"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
@@ -350,41 +353,3 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
     (for example one task's top-k from a run that scored several); by default the tasks the run
     was made with.
     """
-    folder = RunFolder(out)
-    folder.require_exists()  # before the lock, which would create the folder
-    with folder.lock():
-        manifest = folder.require_reselectable()
-        data = dict(manifest["config"], out=folder.path, budget=budget, runner=runner, workers=workers,
-                    beam_args=beam_args or [])
-        config = SelectConfig(**data)
-        columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
-        if tasks:
-            missing = set(tasks) - set(columns)
-            if missing:
-                raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
-            columns = {t: c for t, c in columns.items() if t in tasks}
-        # The targets the run was scored with, kept in the folder; older runs read the target files.
-        targets = folder.read_targets()
-        if targets is None:
-            targets = read_targets(config.target) if config.target else None
-        targets = targets or None
-        driver = next(s for s in build_selectors(config, targets) if s.name == config.driver)
-        ranking = Ranking(columns, config.decontaminate, float(manifest["resolved"].get("skip_top", 0.0)),
-                          custom_rule(driver, manifest.get("prepared", {}), targets, config))
-        chunks = (folder.state() or {}).get("chunks")
-        folder.set_state(SELECTING, by="reselect", chunks=chunks)
-        t0 = time.perf_counter()
-        select_pass(config, ranking, budget)
-        counts = count_outputs(folder.path)
-        check_counts(counts)
-        manifest["config"] = config.model_dump()
-        manifest["resolved"]["budget"] = budget
-        manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
-        manifest["counts"] = counts
-        manifest["notes"] = run_notes(counts, budget, config.decontaminate)
-        manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
-        manifest["timings"]["reselect_s"] = time.perf_counter() - t0
-        _merge_selection_report(manifest, folder)
-        folder.write_json(MANIFEST, manifest)
-        folder.set_state(FINISHED, by="reselect", chunks=chunks)
-    return RunSummary(folder.path, counts, manifest["timings"], manifest.get("chunks", {}), manifest)
