@@ -353,3 +353,42 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
     (for example one task's top-k from a run that scored several); by default the tasks the run
     was made with.
     """
+    use_beam_options(beam_args or [])  # s3/gcs endpoint and credentials, before the first read
+    folder = RunFolder(out)
+    folder.require_exists()  # before the lock, which would create the folder
+    with folder.lock():
+        manifest = folder.require_reselectable()
+        data = dict(manifest["config"], out=folder.path, budget=budget, runner=runner, workers=workers,
+                    beam_args=beam_args or [])
+        config = SelectConfig(**data)
+        columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
+        if tasks:
+            missing = set(tasks) - set(columns)
+            if missing:
+                raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
+            columns = {t: c for t, c in columns.items() if t in tasks}
+        # The targets the run was scored with, kept in the folder; older runs read the target files.
+        targets = folder.read_targets()
+        if targets is None:
+            targets = read_targets(config.target) if config.target else None
+        targets = targets or None
+        driver = next(s for s in build_selectors(config, targets) if s.name == config.driver)
+        ranking = Ranking(columns, config.decontaminate, float(manifest["resolved"].get("skip_top", 0.0)),
+                          custom_rule(driver, manifest.get("prepared", {}), targets, config))
+        chunks = (folder.state() or {}).get("chunks")
+        folder.set_state(SELECTING, by="reselect", chunks=chunks)
+        t0 = time.perf_counter()
+        select_pass(config, ranking, budget)
+        counts = count_outputs(folder.path)
+        check_counts(counts)
+        manifest["config"] = config.model_dump()
+        manifest["resolved"]["budget"] = budget
+        manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
+        manifest["counts"] = counts
+        manifest["notes"] = run_notes(counts, budget, config.decontaminate)
+        manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
+        manifest["timings"]["reselect_s"] = time.perf_counter() - t0
+        _merge_selection_report(manifest, folder)
+        folder.write_json(MANIFEST, manifest)
+        folder.set_state(FINISHED, by="reselect", chunks=chunks)
+    return RunSummary(folder.path, counts, manifest["timings"], manifest.get("chunks", {}), manifest)
