@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..errors import InputError, StorageError
+from ..errors import InputError
+from .filesystems import _fs, match, open_read, storage_error
 from ..schemas.records import MAX_RECORD_BYTES
 
 GLOB_CHARS = frozenset("*?[")
@@ -77,33 +78,12 @@ def compression(path: str) -> str | None:
     return _COMPRESSION[ext] if ext else None
 
 
-def _fs():
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems
-
-
-def _storage_error(what: str, path: str, e: Exception) -> StorageError:
-    details = getattr(e, "exception_details", None)  # Beam's BeamIOError wraps the cause per path
-    if isinstance(details, dict) and details:
-        e = next(iter(details.values()))
-    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return StorageError(f"cannot {what} {path}: {cause[:300]}")
-
-
 def exists(path: str) -> bool:
+    """Beam's view of the path (local, gs://, s3://): a file or folder of that exact name."""
     try:
         return _fs().exists(path)
     except Exception as e:  # a filesystem that refuses (no credentials, no such bucket)
-        raise _storage_error("check", path, e) from e
-
-
-def _match(pattern: str) -> list[str]:
-    try:
-        result = _fs().match([pattern])
-    except Exception as e:
-        raise _storage_error("list", pattern, e) from e
-    return sorted(m.path for r in result for m in r.metadata_list)
+        raise storage_error("check", path, e) from e
 
 
 def expand(patterns: list[str]) -> list[str]:
@@ -120,7 +100,7 @@ def expand(patterns: list[str]) -> list[str]:
                                  f"{pattern.rstrip('/')}/*.jsonl")
             files.append(pattern)
         elif has_glob(pattern):
-            matched = [p for p in _match(pattern) if not _is_dir(p)]
+            matched = [p for p in match(pattern) if not _is_dir(p)]
             if not matched:
                 raise InputError(f"no file matches {pattern!r}")
             files.extend(matched)
@@ -139,12 +119,7 @@ def _is_dir(path: str) -> bool:
 
 def open_raw(path: str):
     """The file's bytes as stored (no decompression), for reading."""
-    from apache_beam.io.filesystem import CompressionTypes
-
-    try:
-        return _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    except Exception as e:
-        raise _storage_error("open", path, e) from e
+    return open_read(path)
 
 
 # --- compressed streams ------------------------------------------------------------------------

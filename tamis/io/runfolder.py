@@ -36,12 +36,12 @@ import socket
 import threading
 import time
 import uuid
-import warnings
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import RunFolderError, RunLockedError, StorageError, UnfinishedRunError
+from ..errors import RunFolderError, RunLockedError, UnfinishedRunError
+from .filesystems import (TEMP_SUFFIX, _fs, delete_files, exists, glob_escape, is_remote, match, read_bytes, read_parquet,
+                          storage_error, write_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -57,121 +57,13 @@ EVALUATE = "evaluate.json"
 REPORT = "report.html"
 # What belongs to a run: ``--overwrite`` deletes these and nothing else.
 RUN_ENTRIES = (SHARDS, REJECTS, WORK, MANIFEST, EVALUATE, REPORT)
-TEMP_SUFFIX = ".inprogress"
 
 SCORING, SELECTING, FINISHED = "scoring", "selecting", "finished"
-GLOB_CHARS = "*?["
-LITERAL_DELETE_SCHEMES = {"s3", "azfs", "hdfs"}
 FINISH_HINT = "rerun `tamis select` with the same arguments to finish it"
 
 
-# -- paths and bytes on any Beam filesystem -------------------------------------------------------
-
-def _fs():
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def glob_escape(path: str) -> str:
-    """``path`` as a Beam match pattern that matches only itself (``[*]`` matches a literal ``*``)."""
-    scheme, sep, rest = path.partition("://") if is_remote(path) else ("", "", path)
-    return scheme + sep + "".join(f"[{c}]" if c in GLOB_CHARS else c for c in rest)
-
-
-def _match_literal(prefix_pattern: str) -> list[str]:
-    """Paths under a remote prefix: ``prefix_pattern`` is an escaped path plus a glob tail."""
-    with warnings.catch_warnings():  # "[[]" compiles with a FutureWarning ("possible nested set")
-        warnings.simplefilter("ignore", FutureWarning)
-        results = _fs().match([prefix_pattern])
-    return sorted(m.path for r in results for m in r.metadata_list)
-
-
-def _storage_error(path: str, e: BaseException) -> Exception:
-    """A user-facing error for an OSError while writing ``path``."""
-    code = getattr(e, "errno", None)
-    reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
-    if code == errno.ENOSPC:
-        return StorageError(f"no space left writing {path}")
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return RunFolderError(f"cannot write to {path}: {reason}")
-    if code in (errno.ENOTDIR, errno.EEXIST):
-        return RunFolderError(f"{path}: not a folder (a file is in its path)")
-    return StorageError(f"cannot write {path}: {reason}")
-
-
-def exists(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.lexists(path)
-    return _fs().exists(path)
-
-
-def read_bytes(path: str) -> bytes | None:
-    """The whole file, or None when there is none."""
-    if not is_remote(path):
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-    from apache_beam.io.filesystem import CompressionTypes
-
-    if not _fs().exists(path):
-        return None
-    with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    """Write ``path`` atomically: a unique temporary name beside it, then one rename."""
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
-    if not is_remote(path):
-        try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise _storage_error(path, e) from e
-        return
-    from apache_beam.io.filesystem import CompressionTypes
-
-    fs = _fs()
-    with fs.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(data)
-    try:
-        fs.rename([tmp], [path])  # gs:// and s3:// copy over an existing object
-    except Exception:
-        if not fs.exists(path):
-            raise
-        delete_files([path])  # a filesystem whose rename will not replace
-        fs.rename([tmp], [path])
-
-
-def delete_files(paths: Iterable[str]) -> None:
-    """Delete exactly these files (never a pattern)."""
-    local = [p for p in paths if not is_remote(p)]
-    remote = [p for p in paths if is_remote(p)]
-    for p in local:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(p)
-    if remote:
-        # GCS's delete (like the local one) matches its argument as a pattern; S3's, Azure's and
-        # HDFS's take it literally. Any other filesystem is assumed to match, as Beam's base does.
-        fs = _fs()
-        fs.delete([p if fs.get_scheme(p) in LITERAL_DELETE_SCHEMES else glob_escape(p) for p in remote])
-
-
 def read_json(path: str) -> dict | None:
-    data = read_bytes(path)
+    data = read_bytes(path, missing_ok=True)
     return None if data is None else json.loads(data.decode("utf-8"))
 
 
@@ -188,53 +80,6 @@ def write_parquet(path: str, table, metadata: dict[bytes, bytes] | None = None) 
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     write_bytes(path, buf.getvalue())
-
-
-def read_table(path: str, columns: list[str] | None = None):
-    """A Parquet file (one read), optionally only some columns."""
-    import pyarrow.parquet as pq
-
-    data = read_bytes(path)
-    if data is None:
-        raise FileNotFoundError(path)
-    return pq.read_table(io.BytesIO(data), columns=columns)
-
-
-def read_parquet_metadata(path: str):
-    """A Parquet file's footer, without reading its data (local files are read from the end)."""
-    import pyarrow.parquet as pq
-
-    if not is_remote(path):
-        return pq.read_metadata(path)
-    from apache_beam.io.filesystem import CompressionTypes
-
-    with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return pq.read_metadata(f)
-
-
-def file_digest(path: str, block: int = 1 << 22) -> dict:
-    """What a file holds, for the resume key: its size and the sha256 of its bytes as stored.
-
-    A content hash rather than the modification time: an edit that keeps the size and the mtime
-    is still seen, a ``touch`` or a copy of the same bytes is not a change, and object stores
-    report no mtime that survives a copy. Compressed files are hashed compressed (cheaper).
-    """
-    digest = hashlib.sha256()
-    size = 0
-    if is_remote(path):
-        from apache_beam.io.filesystem import CompressionTypes
-
-        f = _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    else:
-        f = open(path, "rb")
-    with f:
-        while True:
-            data = f.read(block)
-            if not data:
-                break
-            size += len(data)
-            digest.update(data)
-    return {"path": path, "bytes": size, "sha256": digest.hexdigest()}
 
 
 def content_digest(obj: Any) -> str:
@@ -285,7 +130,7 @@ class RunFolder:
     def _list(self, sub: str, prefix: str = "", suffix: str = "") -> list[str]:
         folder = self.join(sub)
         if self.remote:
-            found = _match_literal(glob_escape(folder) + "/*")
+            found = match(glob_escape(folder) + "/*")
             names = [p.rsplit("/", 1)[-1] for p in found]
         else:
             try:
@@ -330,7 +175,7 @@ class RunFolder:
         paths = self.shards()
         if not paths:
             raise RunFolderError(f"no shards under {self.join(SHARDS)}: is this a finished tamis run?")
-        return pa.concat_tables([read_table(p, columns) for p in paths])
+        return pa.concat_tables([read_parquet(p, columns) for p in paths])
 
     def save_targets(self, targets: dict | None) -> None:
         self.write_json(TARGETS, targets or {})
@@ -360,7 +205,7 @@ class RunFolder:
         except (NotADirectoryError, FileExistsError):
             raise RunFolderError(f"--out {p} is not a folder: a file is in its path") from None
         except OSError as e:
-            raise _storage_error(p, e) from None
+            raise storage_error("write to", p, e) from None
         if not os.access(p, os.W_OK):
             raise RunFolderError(f"cannot write to {p}: the folder is read-only")
 
@@ -371,7 +216,7 @@ class RunFolder:
             try:
                 os.makedirs(self.join(sub), exist_ok=True)
             except OSError as e:
-                raise _storage_error(self.join(sub), e) from None
+                raise storage_error("write to", self.join(sub), e) from None
 
     # -- deleting (only the run's own entries) --
 
@@ -380,7 +225,7 @@ class RunFolder:
             raise ValueError(f"{name!r} is not part of a run's layout")
         path = self.join(name)
         if self.remote:
-            files = _match_literal(glob_escape(path) + "/**") if name in (SHARDS, REJECTS, WORK) else []
+            files = match(glob_escape(path) + "/**") if name in (SHARDS, REJECTS, WORK) else []
             if _fs().exists(path):
                 files.append(path)
             if files:
@@ -396,7 +241,7 @@ class RunFolder:
             elif os.path.lexists(path):
                 os.remove(path)
         except OSError as e:
-            raise _storage_error(path, e) from None
+            raise storage_error("write to", path, e) from None
 
     def clear(self) -> None:
         """Empty the run (``--overwrite``): the layout's entries only, never the user's other files."""
@@ -469,7 +314,7 @@ class RunFolder:
 
     def running_holder(self) -> str | None:
         """The writer named in the lock file, where it still seems alive (for a reader's message)."""
-        owner = _parse_owner(read_bytes(self.join(LOCK)))
+        owner = _parse_owner(read_bytes(self.join(LOCK), missing_ok=True))
         ourselves = owner and owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()
         if owner and not ourselves and _owner_alive(owner, stale_s=RunLock.STALE_S):
             return describe_owner(owner)
@@ -625,7 +470,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise _storage_error(self.path, e) from None
+            raise storage_error("write to", self.path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -636,7 +481,7 @@ class RunLock:
             os.close(fd)
             if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise _NoFlock() from None
-            raise _storage_error(self.path, e) from None
+            raise storage_error("write to", self.path, e) from None
         previous = _parse_owner(os.pread(fd, 4096, 0))
         if previous:
             self.took_over = previous
@@ -647,7 +492,7 @@ class RunLock:
         self._fd = fd
 
     def _acquire_object(self) -> None:
-        current = _parse_owner(read_bytes(self.path))
+        current = _parse_owner(read_bytes(self.path, missing_ok=True))
         if current and _owner_alive(current, self.STALE_S):
             raise self._refuse(current)
         if current:
@@ -655,7 +500,7 @@ class RunLock:
         self._token = uuid.uuid4().hex
         self._write_object()
         time.sleep(self.SETTLE_S)
-        now = _parse_owner(read_bytes(self.path))
+        now = _parse_owner(read_bytes(self.path, missing_ok=True))
         if not now or now.get("token") != self._token:
             self._token = None
             raise self._refuse(now)
@@ -667,7 +512,7 @@ class RunLock:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.STALE_S / 4):
-            now = _parse_owner(read_bytes(self.path))
+            now = _parse_owner(read_bytes(self.path, missing_ok=True))
             if not now or now.get("token") != self._token:
                 log.error("tamis: the lock of %s was taken by %s while this run held it", self.folder.path,
                           describe_owner(now) if now else "nobody")
@@ -687,7 +532,7 @@ class RunLock:
             self._stop.set()
             if self._thread is not None:
                 self._thread.join(timeout=5)
-            now = _parse_owner(read_bytes(self.path))
+            now = _parse_owner(read_bytes(self.path, missing_ok=True))
             if now and now.get("token") == self._token:
                 delete_files([self.path])
             self._token = None

@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..io.runfolder import (FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder, content_digest, file_digest,
-                            read_parquet_metadata)
-from ..io.filesystems import use_beam_options
+from ..io.filesystems import file_digest, read_parquet_metadata, use_beam_options
+from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder, content_digest
 from ..schemas.config import SelectConfig
 from ..schemas.output import output_schema
 from ..schemas.records import content_key
@@ -204,7 +203,7 @@ def count_outputs(out: str) -> dict[str, int]:
 
     import pyarrow.parquet as pq
 
-    from ..io.runfolder import read_bytes
+    from ..io.filesystems import read_bytes
 
     folder = RunFolder(out)
     counts = {"input": 0, "accepted": 0, "rejected": 0, "selected": 0, "matches_target": 0, "duplicates": 0}

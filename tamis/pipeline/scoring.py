@@ -154,7 +154,7 @@ def models_used(shard_paths: Sequence[str]) -> list[dict]:
     """Each distinct (host, models loaded) of the workers that wrote these shards, with a shard count."""
     import json
 
-    from ..io.runfolder import read_parquet_metadata
+    from ..io.filesystems import read_parquet_metadata
 
     counts: dict[str, int] = {}
     for path in shard_paths:

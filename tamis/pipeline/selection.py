@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 
 from ..schemas.output import REJECT_SCHEMA
 from ..schemas.records import record_to_json
-from ..io.runfolder import RunFolder, read_table, write_bytes, write_parquet
+from ..io.filesystems import read_parquet, write_bytes
+from ..io.runfolder import RunFolder, write_parquet
 
 # A custom rule's report (JSON bytes in the returned table's schema metadata) and its file in the work folder.
 SELECTION_REPORT_KEY = b"tamis.selection_report"
@@ -72,7 +73,7 @@ def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int) -
 
 
 def read_columns(path: str, columns: list[str]) -> pa.Table:
-    return read_table(path, columns)
+    return read_parquet(path, columns)
 
 
 class ShardIds(beam.DoFn):
@@ -144,7 +145,7 @@ class RewriteShard(beam.DoFn):
 
     def process(self, item: tuple[int, str], selection: dict, duplicates: list):
         index, path = item
-        table = read_table(path)
+        table = read_parquet(path)
         metadata = table.schema.metadata
         drop = {row: (rid, first) for (shard, row), (rid, first) in duplicates if shard == index}
         name = path.rsplit("/", 1)[-1]

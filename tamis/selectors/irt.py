@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import blobs
+from ..io import filesystems
 from ..irt import MODELS, fit_irt, fit_items, loss_answers
 from ..models.cache import cache_root, content_hash
 from ..models.embedder import model_record, open_embedder
@@ -207,7 +207,7 @@ class IRTSelector(Selector):
         return _LMCrowd([s["path"] for s in info["subjects"]], context)
 
     def _prepare_from_file(self) -> dict:
-        raw = blobs.read_bytes(self.responses)
+        raw = filesystems.read_bytes(self.responses, decompress=True)
         digest = hashlib.sha256(raw).hexdigest()
         matrix, subjects, items = response_matrix(read_responses(raw, self.responses))
         fit = fit_irt(matrix, model=self.irt_model, prior_sd=self.prior_sd, device="cpu")

@@ -44,7 +44,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from ..io import blobs
+from ..io import filesystems
 from ..models.cache import content_hash, slice_digest
 from ..models.embedder import model_record, open_embedder
 from ..models.lm import encode_for_model
@@ -262,7 +262,7 @@ class KMeansSelector(Selector):
                             **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
                             "model_sha256": fingerprint(self.model), "max_length": context.max_length})[:16]
         path = f"{context.work_dir.rstrip('/')}/kmeans-{key}.safetensors" if context.work_dir else None
-        if path is None or not blobs.exists(path):  # a resumed run reuses its centroids
+        if path is None or not filesystems.exists(path):  # a resumed run reuses its centroids
             vectors = self._embed(self._embedder(context), fit_rows)
             km = faiss.Kmeans(vectors.shape[1], k, niter=self.niter, nredo=self.nredo, seed=context.seed,
                               verbose=False)
@@ -272,7 +272,7 @@ class KMeansSelector(Selector):
             if path is None:  # no work folder (direct use): small enough to pass inline
                 prepared.update(centroids=km.centroids.tolist(), counts=counts.tolist())
             else:
-                blobs.write_bytes(path, _to_safetensors(km.centroids, counts))
+                filesystems.write_bytes(path, _to_safetensors(km.centroids, counts))
         if path is not None:
             prepared["centroids"] = path
         if self.rounds > 1:
@@ -299,7 +299,7 @@ class KMeansSelector(Selector):
         if centroids is None:
             raise ValueError("kmeans: nothing prepared (run prepare() first: it fits the centroids)")
         if isinstance(centroids, str):
-            centroids, counts = _from_safetensors(blobs.read_bytes(centroids))
+            centroids, counts = _from_safetensors(filesystems.read_bytes(centroids))
         else:
             centroids, counts = np.asarray(centroids, np.float32), np.asarray(self.prepared_["counts"])
         self.k_ = len(centroids)
@@ -398,7 +398,7 @@ class KMeansSelector(Selector):
         return info
 
 
-# -- centroid files (written and read through tamis.io.blobs) ----------------------------------------------------------
+# -- centroid files (written and read through tamis.io.filesystems) ----------------------------------------------------------
 def _to_safetensors(centroids: np.ndarray, counts: np.ndarray) -> bytes:
     from safetensors.numpy import save
 
