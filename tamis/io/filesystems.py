@@ -228,6 +228,29 @@ def write_bytes(path: str, data: bytes) -> None:
         raise storage_error("write to", path, e) from e
 
 
+def copy_from_local(src: str | os.PathLike, dest: str) -> None:
+    """Stream a local file to ``dest`` (any filesystem) in blocks, atomically as :func:`write_bytes`."""
+    if not is_remote(dest):
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{dest}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise storage_error("write to", dest, e) from e
+        return
+    fs = _fs()
+    tmp = f"{dest}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+    try:
+        with open(src, "rb") as f, fs.create(tmp, compression_type=_uncompressed()) as out:
+            shutil.copyfileobj(f, out, 1 << 22)
+        fs.rename([tmp], [dest])
+    except Exception as e:
+        raise storage_error("write to", dest, e) from e
+
+
 def delete_files(paths: Iterable[str]) -> None:
     """Delete exactly these files (never a pattern)."""
     paths = list(paths)
@@ -286,3 +309,42 @@ def read_parquet_metadata(path: str):
 
     with open_read(path) as f:
         return pq.read_metadata(f)
+
+
+# -- artifacts: local files a run's workers need, published where they can reach them -------------
+
+def tree_digest(local: str | os.PathLike) -> tuple[str, int]:
+    """(sha256, bytes) of a local file, or of a folder's files by relative name and content.
+
+    It names a published artifact, so a worker that copies one can check that it got exactly
+    what the launcher published.
+    """
+    root = Path(local)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    total = 0
+    for path in files:
+        h.update((path.name if path == root else str(path.relative_to(root))).encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+                total += len(block)
+        h.update(b"\0")
+    return h.hexdigest(), total
+
+
+def publish(local: str | os.PathLike, dest_root: str) -> dict:
+    """Copy a local file or folder to ``dest_root/<sha16>/<name>`` (once: a published copy with the
+    same digest is kept), and describe it: ``{"uri", "from", "sha256", "bytes"}``."""
+    src = Path(local)
+    digest, size = tree_digest(src)
+    uri = f"{dest_root.rstrip('/')}/{digest[:16]}/{src.name}"
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    marker = f"{dest_root.rstrip('/')}/{digest[:16]}/.complete"
+    if not exists(marker):
+        for path in files:
+            target = uri if path == src else f"{uri}/{path.relative_to(src).as_posix()}"
+            copy_from_local(path, target)
+        write_bytes(marker, digest.encode())
+    return {"uri": uri, "from": str(src), "sha256": digest, "bytes": size}
