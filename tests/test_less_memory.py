@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tamis.models.projection import RademacherProjector, StreamProjection, rademacher_bits  # noqa: E402
+from tamis.models.projection import RademacherProjector, rademacher_bits  # noqa: E402
 from tamis.models.stats import grad_param_names, per_example_grads  # noqa: E402
 
 from .models.test_proxy_stats import lora_model, tiny  # noqa: E402,F401  (fixtures)
@@ -34,6 +34,8 @@ def test_fast_tiles_are_the_defined_signs():
 
 
 def test_stream_projection_of_pieces_equals_project_bit_for_bit():
+    from tamis.models.projection import StreamProjection
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 1000, generator=gen)
     p = RademacherProjector(1000, 64, seed=2, tile_rows=128, cache_bytes=0)
@@ -74,3 +76,93 @@ def test_streamed_grads_equal_whole_grads(lora_model, method):  # noqa: F811
     rows = per_example_grads(model, examples[:10], block_bytes=4 * 4 * 40, **kwargs)
     np.testing.assert_allclose(rows, whole, rtol=0, atol=1e-6)
     assert np.abs(whole).max() > 0.05
+
+
+# -- memory-capped runs ------------------------------------------------------------------------------
+# RLIMIT_DATA caps a process's private writable memory (heap and anonymous mappings), which is what
+# tensors take; torch, Beam and the interpreter take a fixed part of it first.
+CAPPED = textwrap.dedent("""
+    import resource, runpy, sys
+    cap = int(sys.argv.pop(1))
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__") if sys.argv[0].endswith(".py") else runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+""")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_capped(cap_mb: int, args: list[str], tmp_path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python ARGS`` (a script, or a module name) with its private memory capped at ``cap_mb``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TAMIS_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", CAPPED, str(cap_mb << 20), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path)
+
+
+GRADS = textwrap.dedent("""
+    import sys, torch
+    from peft import LoraConfig, get_peft_model
+    from tamis.models.build import build_model, train_tokenizer
+    from tamis.models.lm import encode_records
+    from tamis.models.projection import RademacherProjector
+    from tamis.models.stats import grad_param_names, per_example_grads
+    from tamis.models.text import render_plain
+    from tamis.schemas.proxy import ProxyModelConfig
+    from tests.models.test_proxy_stats import make_records
+
+    torch.set_num_threads(1)
+    records = make_records(64)
+    cfg = ProxyModelConfig(n_layer=8, n_embd=256, n_head=4, vocab_size=300, context=64)
+    tok = train_tokenizer((render_plain(r) for r in records), cfg.vocab_size, 1, cfg.context)
+    torch.manual_seed(0)
+    model = get_peft_model(build_model(cfg, tok), LoraConfig(r=128, lora_alpha=512, target_modules=["c_attn", "attn.c_proj"],
+                                                            fan_in_fan_out=True)).eval()
+    named = dict(model.named_parameters())
+    names = grad_param_names(model)
+    moments = {k: (torch.full(named[k].shape, 1e-3), torch.full(named[k].shape, 1e-6)) for k in names}
+    dim = sum(named[k].numel() for k in names)
+    feats = per_example_grads(model, encode_records(tok, records, 64), chunk_size=64, adam_moments=moments,
+                              projector=RademacherProjector(dim, 64, seed=0), normalize=True)
+    print("DIM", dim, "OK", feats.shape, float(abs(feats).sum()))
+""")
+
+
+def test_per_example_grads_of_a_large_lora_fit_under_a_memory_cap(tmp_path):
+    """LoRA r=128 on an 8 x 256 GPT-2: 1.57 M gradient values per example, so a chunk of 64 is
+    400 MB whole, more than the default block (256 MB): it streams, a weight at a time. Before,
+    the chunk was kept whole with Adam temporaries and an autograd graph over all of it (peak
+    private memory 4.3 GB measured); now 1.7 GB, most of it the chunk's activations. Capped at 2.6 GB."""
+    script = tmp_path / "grads.py"
+    script.write_text(GRADS)
+    done = run_capped(2600, [str(script)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DIM 1572864 OK (64, 64)" in done.stdout
+
+
+def test_less_paper_preset_on_a_built_model_runs_under_a_memory_cap(tmp_path, targets_dir):
+    """`tamis select` with LESS's paper preset (LoRA r=128, projection to 8192) on a built 2 x 64
+    GPT-2: 98 k LoRA parameters, so the dense projection is 3.2 GB. Before, every tile of it
+    stayed alive (the autograd graph of the projected gradients saved each one) and the run died
+    under this cap; now it holds one 32 MB tile at a time."""
+    from tamis.pipeline.sources import read_targets
+
+    from .conftest import demo_records, write_jsonl
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", demo_records(16))
+    food = write_jsonl(tmp_path / "food.jsonl", read_targets(targets_dir)["food"][:8])
+    params = {"preset": "paper", "n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 400, "context": 64,
+              "sample_size": 16, "build_epochs": 1, "epochs": 1, "fraction": 0.5, "batch_size": 8}
+    args = ["tamis", "select", "--pool", str(pool), "--target", f"food={food}", "--selector", "less",
+            "--budget", "0.5", "--max-length", "64", "--out", str(tmp_path / "out"), "--no-progress"]
+    for k, v in params.items():
+        args += ["--param", f"less.{k}={v}"]
+    done = run_capped(LESS_CAP_MB, args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["models"]["less.warmup"]["proj_dim"] == 8192
+    assert manifest["models"]["less.warmup"]["lora_r"] == 128
+
+
+LESS_CAP_MB = 3000

@@ -211,7 +211,11 @@ def _iter_linear_grad_chunks(model, examples: Sequence[Encoded], names: list[str
             del logits, nll, losses, outputs
             g = iter(grads_out)
             # Per module: its calls' (input, output gradient), unused outputs (no gradient) dropped.
-            per_module = [[(x, dy) for (x, _), dy in zip(calls[id(m)], g) if dy is not None] for m in modules]
+            # Detached: the inputs are part of the autograd graph (LoRA weights upstream require
+            # grad), and anything computed from them with grad mode on would record a graph that
+            # keeps every intermediate alive, the projection's tiles included (one tile saved per
+            # addmm: the whole projection matrix, before this was detached).
+            per_module = [[(x.detach(), dy) for (x, _), dy in zip(calls[id(m)], g) if dy is not None] for m in modules]
             del grads_out, g
             for seen in calls.values():
                 seen.clear()  # the outputs are no longer needed; inputs live on in per_module
