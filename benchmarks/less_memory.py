@@ -15,6 +15,7 @@ Two parts, both printed and written to benchmarks/results/less_memory.json:
   checkpoint). From it, rows x checkpoints per second and the time a whole run would take.
 
     OMP_NUM_THREADS=1 python benchmarks/less_memory.py [--timeout 240] [--skip-runs] [--skip-rate]
+    OMP_NUM_THREADS=1 python benchmarks/less_memory.py --skip-rate --timeout 110 --config 120,1024,16
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ from pathlib import Path
 
 from smollm import missing, smollm2_folder
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet"
+# The WordNet benchmark data: beside the checkout (as the other benchmarks expect), or $TAMIS_BENCH_WORDNET.
+BENCH = Path(os.environ.get("TAMIS_BENCH_WORDNET") or Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
+if not BENCH.exists():
+    BENCH = Path("/work/shared/bench/wordnet")
 RUNS = [  # (rows, proj_dim, chunk_size)
     (120, 8192, 16), (1000, 8192, 16), (120, 1024, 16), (120, 4096, 16), (120, 8192, 8), (120, 8192, 32),
 ]
@@ -126,6 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=int, default=240, help="seconds per CLI run")
     ap.add_argument("--work", default=None, help="folder for pools, caches and outputs (default: a temp folder)")
+    ap.add_argument("--config", action="append", default=None, metavar="ROWS,PROJ_DIM,CHUNK",
+                    help="run only these configurations (repeatable); their results replace earlier ones")
     ap.add_argument("--skip-runs", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "less_memory.json"))
@@ -143,9 +149,12 @@ def main() -> None:
                                "other jobs during the measurement",
                     "threads": os.environ.get("OMP_NUM_THREADS"), "timeout_s": a.timeout})
     if not a.skip_runs:
-        summary["runs"] = []
-        for rows, proj_dim, chunk in RUNS:
+        configs = [tuple(int(v) for v in c.split(",")) for c in a.config] if a.config else RUNS
+        kept = [r for r in summary.get("runs", []) if a.config and (r["rows"], r["proj_dim"], r["chunk_size"]) not in configs]
+        summary["runs"] = kept
+        for rows, proj_dim, chunk in configs:
             result = run_cli(model, rows, proj_dim, chunk, work, a.timeout)
+            result["timeout_s"] = a.timeout
             summary["runs"].append(result)
             state = "done" if result["completed"] else "stopped at timeout" if result["stopped_at_timeout"] else "FAILED"
             print(f"rows={rows:5d} proj_dim={proj_dim:5d} chunk={chunk:3d}: peak RSS {result['peak_rss_mb']:6d} MB, "
