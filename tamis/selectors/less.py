@@ -16,6 +16,10 @@ Pool features are the costly part, so they go to a :class:`~tamis.models.feature
 keyed by (proxy, checkpoint, the chunk's rows, length limit, projection): selecting for a new
 task computes only the targets' gradients, and a killed run resumes from the chunks it finished.
 
+Memory does not grow with the parameter count times the projection size: per-example gradients
+too large for ``block_mb`` stream through the projection a weight at a time, and the projection
+is regenerated a tile at a time (README, "LESS's memory", has the formula and measurements).
+
 Two sizes. ``preset="paper"`` is the paper's recipe (LoRA r=128, alpha=512, lr 2e-5, projection
 to 8192), the default when ``model`` names a real LM. ``preset="small"`` is the default for the
 proxy tamis builds from the pool (2 layers x 64, LoRA r=8 on the attention projections, lr 1e-3,
