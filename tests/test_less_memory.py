@@ -90,6 +90,7 @@ CAPPED = textwrap.dedent("""
 """)
 
 
+LINUX = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA covers mmap'd memory on Linux only")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -129,6 +130,7 @@ GRADS = textwrap.dedent("""
 """)
 
 
+@LINUX
 def test_per_example_grads_of_a_large_lora_fit_under_a_memory_cap(tmp_path):
     """LoRA r=128 on an 8 x 256 GPT-2: 1.57 M gradient values per example, so a chunk of 64 is
     400 MB whole, more than the default block (256 MB): it streams, a weight at a time. Before,
@@ -141,6 +143,10 @@ def test_per_example_grads_of_a_large_lora_fit_under_a_memory_cap(tmp_path):
     assert "DIM 1572864 OK (64, 64)" in done.stdout
 
 
+LESS_CAP_MB = 3000  # passes at 2,300 (measured); before the fix it failed at 3,000
+
+
+@LINUX
 def test_less_paper_preset_on_a_built_model_runs_under_a_memory_cap(tmp_path, targets_dir):
     """`tamis select` with LESS's paper preset (LoRA r=128, projection to 8192) on a built 2 x 64
     GPT-2: 98 k LoRA parameters, so the dense projection is 3.2 GB. Before, every tile of it
@@ -163,9 +169,6 @@ def test_less_paper_preset_on_a_built_model_runs_under_a_memory_cap(tmp_path, ta
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["models"]["less.warmup"]["proj_dim"] == 8192
     assert manifest["models"]["less.warmup"]["lora_r"] == 128
-
-
-LESS_CAP_MB = int(os.environ.get("PROBE_CAP", 3000))
 
 
 def test_smollm2_streams_the_paper_lora_gradients_like_the_whole_route(smollm2):
