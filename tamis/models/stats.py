@@ -13,7 +13,8 @@ results, are fixed by the examples themselves. Outputs come back in input order.
   backward to the layers' outputs and an einsum of inputs by output gradients per example
   (``"linear"``); for any other parameters, ``torch.func.vmap`` over ``grad`` of
   ``functional_call`` (``"vmap"``). The same step can Adam-precondition the gradients (LESS),
-  project them and L2-normalize them.
+  project them and L2-normalize them; when a chunk's gradients exceed a block budget they are
+  made, preconditioned and projected a weight at a time and never held whole.
 
 An example with no scored token (say, its answer was truncated away) gets a NaN loss and EL2N,
 a count of 0 and a zero gradient.
