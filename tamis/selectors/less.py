@@ -16,6 +16,10 @@ Pool features are the costly part, so they go to a :class:`~tamis.models.feature
 keyed by (proxy, checkpoint, the chunk's rows, length limit, projection): selecting for a new
 task computes only the targets' gradients, and a killed run resumes from the chunks it finished.
 
+Memory does not grow with the parameter count times the projection size: per-example gradients
+too large for ``block_mb`` stream through the projection a weight at a time, and the projection
+is regenerated a tile at a time (README, "LESS's memory", has the formula and measurements).
+
 Two sizes. ``preset="paper"`` is the paper's recipe (LoRA r=128, alpha=512, lr 2e-5, projection
 to 8192), the default when ``model`` names a real LM. ``preset="small"`` is the default for the
 proxy tamis builds from the pool (2 layers x 64, LoRA r=8 on the attention projections, lr 1e-3,
@@ -55,7 +59,8 @@ class LessSelector(Selector):
                  fraction: float = 0.05, max_warmup_examples: int | None = None, epochs: int = 4,
                  batch_size: int = 32, sample_size: int = 10_000, build_epochs: int = 2,
                  n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, positions: int = 256,
-                 chunk_size: int = 16, feature_store: str | None = None, trust_remote_code: bool = False):
+                 chunk_size: int = 16, block_mb: float = 256, feature_store: str | None = None,
+                 trust_remote_code: bool = False):
         self.model = model  # HF id or folder to warm up; None builds a small GPT-2 from the pool first
         self.preset = preset  # "paper" or "small"; None: "paper" for a given model, "small" for a built one
         # LoRA warm-up and projection; None takes the preset's value.
@@ -80,6 +85,10 @@ class LessSelector(Selector):
         self.vocab_size = vocab_size
         self.positions = positions
         self.chunk_size = chunk_size  # examples per batched gradient pass
+        # What featurization may hold besides the model, the chunk's activations and its [chunk,
+        # proj_dim] result: a chunk's whole gradients when they fit, else one block of them and
+        # of the projection (README, "Memory").
+        self.block_mb = block_mb
         self.feature_store = feature_store  # folder or URL; None: $TAMIS_CACHE/features
         self.trust_remote_code = trust_remote_code
         if preset is not None and preset not in PRESETS:
@@ -88,6 +97,8 @@ class LessSelector(Selector):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+        if not block_mb > 0:
+            raise ValueError(f"block_mb must be > 0, got {block_mb!r}")
 
     @classmethod
     def test_params(cls) -> dict:
@@ -133,7 +144,7 @@ class LessSelector(Selector):
     # -- features and scores (per worker) -----------------------------------------------------------
     def fit(self, targets, prepared=None):
         from ..models.features import FeatureStore
-        from ..models.projection import RademacherProjector
+        from ..models.projection import DEFAULT_TILE_ROWS, RademacherProjector
         from ..models.stats import grad_dim
         from ..models.train import TrainedProxy
 
@@ -146,8 +157,11 @@ class LessSelector(Selector):
         self.loaded_checkpoint_ = 0
         self.checkpoint_states_ = {}
         self.weights_ = np.asarray(self.prepared_["weights"], dtype=np.float64)
-        self.projector_ = RademacherProjector(grad_dim(self.model_), self.prepared_["proj_dim"],
-                                              seed=self.proj_seed, device=self.context_.device)
+        proj_dim = self.prepared_["proj_dim"]
+        # The whole matrix is kept only when it fits the block budget, and a tile never exceeds it.
+        self.projector_ = RademacherProjector(grad_dim(self.model_), proj_dim, seed=self.proj_seed,
+                                              device=self.context_.device, cache_bytes=self.block_bytes,
+                                              tile_rows=max(1, min(DEFAULT_TILE_ROWS, self.block_bytes // (4 * proj_dim))))
         self.store_ = FeatureStore(self.feature_store)
         # Per task: target features per checkpoint [m, d] and the row indices of each subtask.
         self.targets_ = {}
@@ -164,15 +178,25 @@ class LessSelector(Selector):
             self.targets_[task] = (feats, [np.asarray(groups[k]) for k in sorted(groups)])
         return self
 
+    @property
+    def block_bytes(self) -> int:
+        return int(self.block_mb * (1 << 20))
+
     def checkpoint_state(self, ckpt: int) -> tuple[dict, dict]:
-        """(LoRA weights, Adam moments) of checkpoint ``ckpt``, read from disk once per worker:
-        every chunk visits every checkpoint, and both are small next to the frozen base model."""
+        """(LoRA weights, Adam moments) of checkpoint ``ckpt``. Every chunk visits every
+        checkpoint, so all checkpoints' states stay in memory when together they fit the block
+        budget (read from disk once per worker); larger ones (3 x the LoRA size each) are kept
+        one at a time and read again when a chunk comes back to them."""
         from safetensors.torch import load_file
 
         if ckpt not in self.checkpoint_states_:
             checkpoint = self.proxy_.checkpoints[ckpt]
-            self.checkpoint_states_[ckpt] = (load_file(str(checkpoint.path / "adapter_model.safetensors")),
-                                             checkpoint.adam_moments())
+            state = (load_file(str(checkpoint.path / "adapter_model.safetensors")), checkpoint.adam_moments())
+            size = sum(t.numel() * t.element_size() for t in state[0].values())
+            size += sum(t.numel() * t.element_size() for pair in state[1].values() for t in pair)
+            if size * len(self.proxy_.checkpoints) > self.block_bytes:
+                self.checkpoint_states_.clear()
+            self.checkpoint_states_[ckpt] = state
         return self.checkpoint_states_[ckpt]
 
     def use_checkpoint(self, ckpt: int) -> None:
@@ -191,7 +215,7 @@ class LessSelector(Selector):
         self.use_checkpoint(ckpt)
         moments = self.checkpoint_state(ckpt)[1] if adam else None
         return per_example_grads(self.model_, examples, adam_moments=moments, projector=self.projector_,
-                                 normalize=True, chunk_size=self.chunk_size,
+                                 normalize=True, chunk_size=self.chunk_size, block_bytes=self.block_bytes,
                                  batch_tokens=min(self.context_.batch_tokens, 256 * self.chunk_size))
 
     def pool_features(self, records: list[dict], examples, ckpt: int) -> np.ndarray:
