@@ -158,7 +158,7 @@ def test_less_paper_preset_on_a_built_model_runs_under_a_memory_cap(tmp_path, ta
 
     pool = write_jsonl(tmp_path / "pool.jsonl", demo_records(16))
     food = write_jsonl(tmp_path / "food.jsonl", read_targets(targets_dir)["food"][:8])
-    params = {"preset": "paper", "n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 400, "context": 64,
+    params = {"preset": "paper", "n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 400, "positions": 64,
               "sample_size": 16, "build_epochs": 1, "epochs": 1, "fraction": 0.5, "batch_size": 8}
     args = ["tamis", "select", "--pool", str(pool), "--target", f"food={food}", "--selector", "less",
             "--budget", "0.5", "--max-length", "64", "--out", str(tmp_path / "out"), "--no-progress"]

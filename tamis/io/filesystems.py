@@ -74,8 +74,8 @@ def use_beam_options(options: Mapping[str, Any] | Sequence[str] | None = None) -
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if options is None and _configured:
-        return
+    if options is None and (_configured or FileSystems._pipeline_options is not None):
+        return  # set by an earlier call, or by Beam itself (a worker's SDK harness sets the job's options)
     FileSystems.set_options(PipelineOptions(beam_option_args(options)))
     _configured = True
 

@@ -24,7 +24,8 @@ from ..schemas.records import content_key
 from ..selectors import registry
 from ..selectors.base import RunContext
 from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
-from .options import check_options, check_prepared, pipeline_options
+from .artifacts import publish_prepared
+from .options import check_options, check_prepared, pipeline_options, workers_elsewhere
 from .scoring import SelectorModelHandler, WriteShard, models_used
 from .selection import SELECTION_REPORT, Ranking, selection_pipeline
 from .sources import expand, read_records, read_targets
@@ -299,6 +300,9 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
 
         t1 = time.perf_counter()
         prepared = prepare_selectors(config, selectors, targets)
+        artifacts: list[dict] = []
+        if workers_elsewhere(config):  # workers share no disk with this machine: publish under OUT
+            prepared, artifacts = publish_prepared(prepared, folder)
         check_prepared(config, prepared)  # no worker is ever handed a path on this machine's disk
         timings["prepare_s"] = time.perf_counter() - t1
 
@@ -330,6 +334,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
             "models": {k: v for s in selectors for k, v in s.model_info().items()},
             "worker_models": models_used(folder.shards()),
             "prepared": prepared,
+            "artifacts": artifacts,
             "targets": {t: len(v) for t, v in (targets or {}).items()},
             "counts": counts,
             "chunks": {"planned": len(planned), "reused": len(reused), "computed": len(planned - reused)},

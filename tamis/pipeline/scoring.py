@@ -21,6 +21,7 @@ from ..io.runfolder import RunFolder, write_parquet
 from ..schemas.output import REJECT_SCHEMA
 from ..selectors import registry
 from ..selectors.base import RunContext, Selector
+from .artifacts import localize_prepared
 from .chunks import NAMESPACE, ValidChunk
 
 # Parquet key-value metadata that makes each shard self-describing for the counts.
@@ -44,12 +45,13 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
 
     def load_model(self) -> LoadedSelectors:
         models = LoadedSelectors()
+        artifacts: list[dict] = []  # what this worker copied from the run folder (remote workers only)
         for name, params, prepared in self._selectors:
             selector = registry.create(name, params)
             selector.setup(self._context)
-            selector.fit(self._targets, prepared)
+            selector.fit(self._targets, localize_prepared(prepared, artifacts))
             models.append(selector)
-        models.info = worker_models(models)
+        models.info = worker_models(models, artifacts)
         models.counters_seen = {}  # selector counter -> the total already reported to Beam
         return models
 
@@ -132,7 +134,7 @@ def score_chunk(model: Sequence[Selector], chunk: ValidChunk, attempts: int = 3,
     return ValidChunk(chunk.name, chunk.lines, kept, flags, rejects, chunk.read_seconds), columns
 
 
-def worker_models(selectors: Sequence[Selector]) -> str:
+def worker_models(selectors: Sequence[Selector], artifacts: Sequence[dict] = ()) -> str:
     """JSON of what this worker loaded (each selector's ``model_info`` after setup) and where.
 
     Every shard carries it in its Parquet metadata, so the manifest can say which copy of each
@@ -147,7 +149,10 @@ def worker_models(selectors: Sequence[Selector]) -> str:
             info.update(selector.model_info())
         except Exception as e:  # a report must never stop scoring
             info[selector.name] = {"error": f"model_info failed: {e}"}
-    return json.dumps({"host": socket.gethostname(), "models": info}, sort_keys=True, default=str)
+    report = {"host": socket.gethostname(), "models": info}
+    if artifacts:
+        report["artifacts"] = list(artifacts)
+    return json.dumps(report, sort_keys=True, default=str)
 
 
 def models_used(shard_paths: Sequence[str]) -> list[dict]:
