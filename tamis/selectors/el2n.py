@@ -248,6 +248,9 @@ class _DifficultySelector(Selector):
     # -- training (once per run, on the driver) -----------------------------------------------------
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
         sample = pool.sample(1.0, self.sample_size)
+        if not sample:  # an empty or all-rejected pool: no proxy to train, and nothing to score
+            self.prepared_ = {"data_kind": "none"}
+            return self.prepared_
         labels = [record_label(r) for r in sample]
         labelled = bool(sample) and all(v is not None for v in labels) and len({json.dumps(v) for v in labels}) > 1
         if self.data_kind == "classification" or (self.data_kind == "auto" and labelled):
@@ -306,11 +309,13 @@ class _DifficultySelector(Selector):
         elif kind == "lm":
             self.proxies_ = [load_proxy(spec, self.context_, trainable=self.grad_params() == "trainable")
                              for spec in self.prepared_["proxies"]]
-        else:
+        elif kind != "none":
             raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
         return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
+        if self.prepared_["data_kind"] == "none":  # nothing was prepared: the pool had no valid row
+            return {self.score_columns([])[None]: np.full(len(records), np.nan, dtype=np.float32)}
         if self.prepared_["data_kind"] == "classification":
             values = self.score_classification(records)
         else:
