@@ -19,7 +19,7 @@ def load_config(config: str | Path | dict | None = None, *, check_here: bool = T
 
     data: dict[str, Any] = {}
     if isinstance(config, (str, Path)):
-        data = _read_yaml_config(Path(config))
+        data = read_yaml_config(Path(config))
     elif isinstance(config, dict):
         data = dict(config)
     elif config is not None:
@@ -41,13 +41,14 @@ def load_config(config: str | Path | dict | None = None, *, check_here: bool = T
 LOCAL_RUNNERS = ("DirectRunner", "direct", "PrismRunner", "prism")
 
 
-def _read_yaml_config(path: Path) -> dict[str, Any]:
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
     """A --config file as a mapping, or one ConfigError line saying what is wrong with it."""
     import yaml
 
     from .errors import ConfigError
     from .schemas.config import yaml_problem
 
+    path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--config {path}: is a folder; expected a YAML file")
     try:

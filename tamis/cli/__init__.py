@@ -42,7 +42,8 @@ class _WorkerFailureNoise(logging.Filter):
 # Loggers that print a worker failure's traceback on its way up to us.
 _BEAM_FAILURE_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker",
                          "apache_beam.runners.portability.fn_api_runner.fn_runner",
-                         "apache_beam.runners.worker.data_plane")
+                         "apache_beam.runners.worker.data_plane",
+                         "apache_beam.runners.portability.local_job_service")
 
 
 _debug = {"on": False}  # set by --debug for this invocation

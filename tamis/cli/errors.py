@@ -91,6 +91,10 @@ def user_error(exc: BaseException) -> tuple[str, int] | None:
         line = _os_line(e) or _cloud_line(e)
         if line:
             return _clean(line), EXIT_USER
+    for e in found:  # a worker process's failure arrives as the text of its traceback
+        line = _remote_line(e)
+        if line:
+            return _clean(line), EXIT_USER
     for e in found:
         if _is_beam_io_error(e):
             return _clean(_beam_io_line(e, found)), EXIT_USER
@@ -119,6 +123,30 @@ def _os_line(e: BaseException) -> str | None:
     paths = [p for p in (e.filename, e.filename2) if p is not None]
     where = f": {' -> '.join(os.fsdecode(p) for p in paths)}" if paths else f": {os.strerror(code)}"
     return f"{what}{where}" + (f" ({advice})" if advice else "")
+
+
+_REMOTE_LAST_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.MULTILINE)
+
+
+def _remote_line(e: BaseException) -> str | None:
+    """A failure from a Beam worker process reaches the driver as a RuntimeError holding the
+    worker's traceback as text: find the user-caused exception named in it."""
+    if not isinstance(e, RuntimeError):
+        return None
+    from .. import errors
+
+    tamis_errors = {name for name, cls in vars(errors).items()
+                    if isinstance(cls, type) and issubclass(cls, errors.TamisError)}
+    for name, message in _REMOTE_LAST_LINE.findall(str(e)):
+        short = name.rsplit(".", 1)[-1]
+        if short in tamis_errors:
+            return message
+        if short in ("OSError", "IOError", "PermissionError", "FileNotFoundError", "IsADirectoryError",
+                     "NotADirectoryError", "FileExistsError"):
+            m = _ERRNO_IN_TEXT.search(message)
+            if m and int(m.group(1)) in _OS_ADVICE:
+                return _os_line(OSError(int(m.group(1)), os.strerror(int(m.group(1)))))
+    return None
 
 
 def _cloud_line(e: BaseException) -> str | None:

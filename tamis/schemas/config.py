@@ -64,6 +64,15 @@ def check_budget(budget: Any) -> float:
     return float(budget)
 
 
+def check_device_name(device: Any) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``: a typo fails here, before any model loads.
+    Whether that device exists on this machine is :func:`tamis.models.devices.check_device`'s
+    question."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"bad value for 'device': expected cpu, cuda, cuda:N or mps, got {device!r}")
+    return device
+
+
 class SelectConfig(BaseModel):
     """Everything ``tamis select`` needs. See the README's config reference."""
 
