@@ -275,6 +275,11 @@ def test_disk_full_and_read_only_are_one_line_in_either_pass(tmp_path, tiny_fs, 
     code, lines = run("select", "--out", str(tiny_fs / "full"), *common)  # pass 1 fills the disk
     assert code == 2 and len(lines) == 1 and lines[0].startswith("tamis: disk full"), lines
     subprocess.run(["rm", "-rf", str(tiny_fs / "full")], check=True)
+    # Worker processes send their failure as traceback text (and print it themselves): the
+    # last line is still the one line, and the status 2.
+    code, lines = run("select", "--out", str(tiny_fs / "full"), *common, "--workers", "2")
+    assert code == 2 and lines[-1].startswith("tamis: disk full"), lines[-3:]
+    subprocess.run(["rm", "-rf", str(tiny_fs / "full")], check=True)
     filler = tiny_fs / "filler"
     with open(filler, "wb") as f:
         try:

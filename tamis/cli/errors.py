@@ -121,7 +121,7 @@ def _os_line(e: BaseException) -> str | None:
         return None
     what, advice = _OS_ADVICE[code]
     paths = [p for p in (e.filename, e.filename2) if p is not None]
-    where = f": {' -> '.join(os.fsdecode(p) for p in paths)}" if paths else f": {os.strerror(code)}"
+    where = f": {' -> '.join(os.fsdecode(p) or repr('') for p in paths)}" if paths else f": {os.strerror(code)}"
     return f"{what}{where}" + (f" ({advice})" if advice else "")
 
 
