@@ -31,6 +31,7 @@ class _BeamImportNoise(logging.Filter):
 
 logging.getLogger().addFilter(_BeamImportNoise())
 
+
 class _WorkerFailureNoise(logging.Filter):
     """Beam logs a failing DoFn's traceback before re-raising it; the error line says it once.
     Kept with ``--debug``."""
@@ -44,7 +45,6 @@ _BEAM_FAILURE_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.work
                          "apache_beam.runners.portability.fn_api_runner.fn_runner",
                          "apache_beam.runners.worker.data_plane",
                          "apache_beam.runners.portability.local_job_service")
-
 
 _debug = {"on": False}  # set by --debug for this invocation
 
@@ -68,28 +68,25 @@ class TamisGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         from .errors import EXIT_INTERRUPTED, INTERRUPTED, interrupted, user_error
 
+        def stop(line: str, status: int):
+            if debug_enabled():
+                traceback.print_exc()
+            say_error(line)
+            return typer.Exit(status)
+
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except KeyboardInterrupt:
+            raise stop(INTERRUPTED, EXIT_INTERRUPTED) from None
         except Exception as exc:
             if interrupted(exc):  # Ctrl-C inside a Beam worker arrives wrapped in a RuntimeError
-                if debug_enabled():
-                    traceback.print_exc()
-                say_error(INTERRUPTED)
-                raise typer.Exit(EXIT_INTERRUPTED) from None
+                raise stop(INTERRUPTED, EXIT_INTERRUPTED) from None
             found = user_error(exc)
             if found is None:
                 raise  # a bug in tamis: its traceback is what a report needs
-            if debug_enabled():
-                traceback.print_exc()
-            say_error(found[0])
-            raise typer.Exit(found[1]) from None
-        except KeyboardInterrupt:
-            if debug_enabled():
-                traceback.print_exc()
-            say_error(INTERRUPTED)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            raise stop(*found) from None
 
 
 app = typer.Typer(cls=TamisGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -99,7 +96,7 @@ app = typer.Typer(cls=TamisGroup, add_completion=False, no_args_is_help=True, pr
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", envvar="TAMIS_DEBUG",
-                               help="show the traceback of a failure instead of one line (also TAMIS_DEBUG=1)"),
+                               help="print a failure's traceback too, not only its one line (also TAMIS_DEBUG=1)"),
 ):
     """tamis: pick the training data worth training on."""
     _debug["on"] = debug
