@@ -1,13 +1,24 @@
-"""The ``tamis`` command line (typer). Every command has a Python twin in ``tamis.api``."""
+"""The ``tamis`` command line (typer). Every command has a Python twin in ``tamis.api``.
+
+Errors take one shape: :class:`TamisGroup` is the one place where a failure the user can fix
+(see :mod:`tamis.cli.errors`) becomes one line ``tamis: ...`` and a non-zero exit status, and
+Ctrl-C becomes one line and status 130. ``tamis --debug ...`` (or ``TAMIS_DEBUG=1``) adds the
+traceback. Anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
 
 class _BeamImportNoise(logging.Filter):
@@ -20,39 +31,91 @@ class _BeamImportNoise(logging.Filter):
 
 logging.getLogger().addFilter(_BeamImportNoise())
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="tamis: pick the training data worth training on.")
+
+class _WorkerFailureNoise(logging.Filter):
+    """Beam logs a failing DoFn's traceback before re-raising it; the error line says it once.
+    Kept with ``--debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or debug_enabled()
+
+
+# Loggers that print a worker failure's traceback on its way up to us.
+_BEAM_FAILURE_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker",
+                         "apache_beam.runners.portability.fn_api_runner.fn_runner",
+                         "apache_beam.runners.worker.data_plane",
+                         "apache_beam.runners.portability.local_job_service")
+
+_debug = {"on": False}  # set by --debug for this invocation
+
+
+def debug_enabled() -> bool:
+    return _debug["on"] or os.environ.get("TAMIS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 console = Console(stderr=True)
 out_console = Console()
 
 
-def fail(message: str) -> None:
-    """One clear line on stderr, exit status 2."""
-    console.print(f"[bold red]tamis:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def say_error(message: str) -> None:
+    """One line on stderr: ``tamis: <message>`` (the message is never read as markup)."""
+    console.print(Text.assemble(("tamis:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
-def _user_errors():
-    from pydantic import ValidationError
+class TamisGroup(TyperGroup):
+    """Runs a command; the one place that turns a user-caused failure into one line."""
 
-    from ..schemas.config import config_error_line
-    from ..schemas.records import RecordError
+    def invoke(self, ctx: click.Context):
+        from .errors import EXIT_INTERRUPTED, INTERRUPTED, interrupted, user_error
 
-    return ValidationError, config_error_line, (ValueError, KeyError, FileNotFoundError, FileExistsError, RecordError, TypeError)
+        def stop(line: str, status: int):
+            if debug_enabled():
+                traceback.print_exc()
+            say_error(line)
+            return typer.Exit(status)
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise stop(INTERRUPTED, EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if interrupted(exc):  # Ctrl-C inside a Beam worker arrives wrapped in a RuntimeError
+                raise stop(INTERRUPTED, EXIT_INTERRUPTED) from None
+            found = user_error(exc)
+            if found is None:
+                raise  # a bug in tamis: its traceback is what a report needs
+            raise stop(*found) from None
+
+
+app = typer.Typer(cls=TamisGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tamis: pick the training data worth training on.")
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", envvar="TAMIS_DEBUG",
+                               help="print a failure's traceback too, not only its one line (also TAMIS_DEBUG=1)"),
+):
+    """tamis: pick the training data worth training on."""
+    _debug["on"] = debug
+    for name in _BEAM_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _WorkerFailureNoise) for f in logger.filters):
+            logger.addFilter(_WorkerFailureNoise())
 
 
 def storage_options(ctx: typer.Context) -> None:
     """The command's extra arguments are Beam options (``--s3_endpoint_url=...``): handed to Beam's
     filesystems before the first read; a name Beam does not know fails with one line."""
+    from ..errors import ConfigError
     from ..io.filesystems import use_beam_options
-    from ..pipeline.options import OptionsError, unknown_options
+    from ..pipeline.options import unknown_options
 
-    try:
-        unknown = unknown_options(ctx.args)
-    except OptionsError as e:
-        fail(str(e))
+    unknown = unknown_options(ctx.args)  # a bad value raises OptionsError, a ConfigError
     if unknown:
-        fail(f"unknown option {unknown[0]}: neither tamis nor Beam knows it")
+        raise ConfigError(f"unknown option {unknown[0]}: neither tamis nor Beam knows it")
     use_beam_options(ctx.args)
 
 
@@ -116,34 +179,22 @@ def select(
     from ..pipeline.run import run_select
     from ..schemas.config import parse_param_pairs, parse_target_pairs
 
-    ValidationError, error_line, user_errors = _user_errors()
-    try:
-        overrides = dict(pool=pool or None, selector=selector or None, select_by=select_by, budget=budget, out=out,
-                         shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
-                         decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
-                         workers=workers, overwrite=overwrite, score_attempts=score_attempts, beam_args=list(ctx.args) or None)
-        if target:
-            overrides["target"] = parse_target_pairs(target)
-        if param:
-            overrides["param"] = parse_param_pairs(param)
-        cfg = load_config(config, **overrides)
-    except ValidationError as e:
-        fail(error_line(e))
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    overrides = dict(pool=pool or None, selector=selector or None, select_by=select_by, budget=budget, out=out,
+                     shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
+                     decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
+                     workers=workers, overwrite=overwrite, score_attempts=score_attempts, beam_args=list(ctx.args) or None)
+    if target:
+        overrides["target"] = parse_target_pairs(target)
+    if param:
+        overrides["param"] = parse_param_pairs(param)
+    cfg = load_config(config, **overrides)
     if dry_run:
         from ..pipeline.launch import dry_run as check_run
 
-        try:
-            plan = check_run(cfg)
-        except user_errors as e:
-            fail(str(e).strip("'\""))
+        plan = check_run(cfg)
         out_console.print("\n".join(plan.lines()), highlight=False, markup=False, soft_wrap=True)
         return
-    try:
-        summary = run_select(cfg, progress=progress and sys.stderr.isatty())
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    summary = run_select(cfg, progress=progress and sys.stderr.isatty())
     out_console.print(f"[bold]tamis select[/] -> {cfg.out}", highlight=False)
     print_counts(summary.counts, summary.timings, summary.chunks, summary.manifest.get("notes"))
     print_metrics(summary.manifest.get("metrics", {}))
@@ -160,14 +211,10 @@ def reselect(
 ):
     """Select again with a new budget, reusing the scores (no model runs)."""
     from ..pipeline.run import run_reselect
+    from ..schemas.config import check_budget
 
-    ValidationError, error_line, user_errors = _user_errors()
-    try:
-        summary = run_reselect(out, budget, runner=runner, workers=workers, beam_args=list(ctx.args), tasks=task or None)
-    except ValidationError as e:
-        fail(error_line(e))
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    summary = run_reselect(out, check_budget(budget), runner=runner, workers=workers, beam_args=list(ctx.args),
+                           tasks=task or None)
     print_counts(summary.counts, notes=summary.manifest.get("notes"))
 
 
@@ -201,10 +248,7 @@ def inspect(
     from .inspect import inspect_run
 
     storage_options(ctx)
-    try:
-        inspect_run(out, top, out_console)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        fail(str(e).strip("'\""))
+    inspect_run(out, top, out_console)
 
 
 @app.command()
@@ -244,18 +288,12 @@ def evaluate(
 
     storage_options(ctx)
 
-    ValidationError, error_line, user_errors = _user_errors()
-    try:
-        evals = parse_target_pairs(eval_)
-        label_of = parse_target_pairs(label) if label else {}
-        results = evaluate_run(out, evals, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
-                               seeds=seeds, settings=EvalSettings(steps=steps, batch_size=batch_size),
-                               labels=labels, label_field=label_field, label_of=label_of, k=k,
-                               progress=progress and sys.stderr.isatty())
-    except ValidationError as e:
-        fail(error_line(e))
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    evals = parse_target_pairs(eval_)
+    label_of = parse_target_pairs(label) if label else {}
+    results = evaluate_run(out, evals, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+                           seeds=seeds, settings=EvalSettings(steps=steps, batch_size=batch_size),
+                           labels=labels, label_field=label_field, label_of=label_of, k=k,
+                           progress=progress and sys.stderr.isatty())
     out_console.print(format_table(results))
     out_console.print(f"written {out.rstrip('/')}/evaluate.json ({results['total_s']:.0f}s)", highlight=False)
 
@@ -266,11 +304,7 @@ def report(ctx: typer.Context, out: str = typer.Argument(..., help="a run folder
     from ..report import write_report
 
     storage_options(ctx)
-
-    try:
-        path = write_report(out)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        fail(str(e).strip("'\""))
+    path = write_report(out)
     out_console.print(f"written {path}", highlight=False)
 
 

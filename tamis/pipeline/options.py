@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from urllib.parse import urlparse
 
+from ..errors import ConfigError
+
 # Runner names with checks of their own; any other Beam runner passes through unchecked.
 DATAFLOW, FLINK, PORTABLE, DIRECT = "DataflowRunner", "FlinkRunner", "PortableRunner", "DirectRunner"
 # Hosts where a "remote" runner still runs on this machine (so local paths are visible to it).
@@ -16,7 +18,7 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "0.0.0.0", "::1", "[local]", "[auto]", 
 GPU_OPTION_HINT = "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 
 
-class OptionsError(ValueError):
+class OptionsError(ConfigError):
     """The run's Beam options cannot work; the message is one line that says what to pass."""
 
 

@@ -17,14 +17,18 @@ register it (``tamis.selectors.registry`` or the ``tamis.selectors`` entry-point
 """
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Iterable
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from ..errors import ConfigError, TamisError
 from ..models.train import select_slice
 from ..schemas.output import score_column
 
@@ -60,6 +64,54 @@ class RunContext:
     retry_backoff_s: float = 0.5  # first wait between tries; doubles each time
 
 
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation: Any):
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(annotation, config=ConfigDict(strict=True, allow_inf_nan=False))
+
+
+def _check_value(annotation: Any, value: Any, label: str) -> Any:
+    from pydantic import ValidationError
+
+    if annotation is Any:
+        return value
+    try:
+        adapter = _adapter(annotation)
+    except Exception:  # a type pydantic cannot check (a plugin's own class): left to the constructor
+        return value
+    tries = [value, tuple(value)] if isinstance(value, list) else [value]
+    for candidate in tries:
+        try:
+            return adapter.validate_python(candidate)
+        except ValidationError:
+            continue
+    hint = " (a quoted string is not a boolean)" if isinstance(value, str) and "true or false" in describe_type(annotation) else ""
+    raise ConfigError(f"--param {label}: expected {describe_type(annotation)}, got {value!r}{hint}")
+
+
+_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+_PLURALS = {"a whole number": "whole numbers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
+
+
+def describe_type(annotation: Any) -> str:
+    """An annotation in words, for error lines: ``float | None`` -> 'a number or null'."""
+    if annotation in _NAMES:
+        return _NAMES[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        words = [describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(words + (["null"] if type(None) in args else []))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return f"a list of {_PLURALS.get(describe_type(inner[0]), 'values')}" if len(set(inner)) == 1 else "a list"
+    if origin is dict or annotation is dict or (isinstance(origin, type) and issubclass(origin, Mapping)):
+        return "a mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
 class Selector:
     """Base class. Subclasses set ``name`` and implement ``score`` (and usually ``setup``/``fit``)."""
 
@@ -83,17 +135,52 @@ class Selector:
             if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
 
+    @classmethod
+    def param_types(cls) -> dict[str, Any]:
+        """Each constructor parameter's annotation (``Any`` where it has none)."""
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:  # an annotation that does not resolve checks nothing, as if absent
+            hints = {}
+        return {name: hints.get(name, Any) for name in cls.param_defaults()}
+
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.param_defaults()}
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every value checked against its constructor annotation, before anything loads.
+
+        Checks are strict: a string is never a boolean (``"false"`` would be truthy), a boolean
+        is never a number, a number is never a string. A list stands for a tuple (YAML has no
+        tuples). Returns the values as the constructor takes them; fails with one line such as
+        ``--param less.lr: expected a number, got 'abc'``.
+        """
+        types_ = cls.param_types()
+        checked: dict[str, Any] = {}
+        for key, value in params.items():
+            if key not in types_:
+                raise ConfigError(f"--param {cls.name}.{key}: selector {cls.name!r} has no parameter {key!r} "
+                                  f"(it takes: {', '.join(types_) or 'none'})")
+            checked[key] = _check_value(types_[key], value, f"{cls.name}.{key}")
+        return checked
+
+    @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Selector":
-        """Build from a config mapping; an unknown key fails with one line naming it."""
-        known = cls.param_defaults()
-        for key in params:
-            if key not in known:
-                raise ValueError(f"selector {cls.name!r} has no parameter {key!r} (it takes: {', '.join(known) or 'none'})")
-        return cls(**params)
+        """Build from a config mapping: unknown keys, wrong types and values the constructor
+        refuses fail with one line naming the parameter."""
+        checked = cls.check_params(params)
+        try:
+            return cls(**checked)
+        except TamisError:
+            raise
+        except ValueError as e:  # the constructor's own range checks ("runs must be at least 1")
+            from pydantic import ValidationError
+
+            from ..schemas.config import config_error_line
+
+            line = config_error_line(e) if isinstance(e, ValidationError) else str(e)
+            raise ConfigError(f"--param for selector {cls.name!r}: {line}") from e
 
     @classmethod
     def test_params(cls) -> dict[str, Any]:
@@ -122,7 +209,7 @@ class Selector:
         """Prepare on the target examples (task -> records with an optional ``subtask``) and on
         the dict ``prepare`` returned."""
         if self.needs_target and not targets:
-            raise ValueError(f"selector {self.name!r} needs --target")
+            raise ConfigError(f"selector {self.name!r} needs --target")
         self.tasks_ = self.task_names(targets)
         self.prepared_ = prepared or {}
         return self

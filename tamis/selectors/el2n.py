@@ -93,6 +93,9 @@ class _DifficultySelector(Selector):
     # -- training (once per run, on the driver) -----------------------------------------------------
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
         sample = pool.sample(1.0, self.sample_size)
+        if not sample:  # an empty or all-rejected pool: no proxy to train, and nothing to score
+            self.prepared_ = {"data_kind": "none"}
+            return self.prepared_
         labels = [record_label(r) for r in sample]
         if data_kind(self.data_kind, labels) == "classification":
             self.prepared_ = self.prepare_classification(sample, labels, context)
@@ -140,11 +143,13 @@ class _DifficultySelector(Selector):
             self.proxies_ = [load_proxy(ref, device=self.context_.device, dtype=self.context_.dtype,
                                         trainable=self.grad_params() == "trainable")
                              for ref in self.prepared_["proxies"]]
-        else:
+        elif kind != "none":
             raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
         return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
+        if self.prepared_["data_kind"] == "none":  # nothing was prepared: the pool had no valid row
+            return {self.score_columns([])[None]: np.full(len(records), np.nan, dtype=np.float32)}
         if self.prepared_["data_kind"] == "classification":
             values = self.score_classification(records)
         else:

@@ -254,8 +254,9 @@ class KMeansSelector(Selector):
         proxy_rows = self._proxy_config(context.seed).sample_size if self.rounds > 1 and self.proxy_model is None else 0
         sample = PoolSample(counted).sample(1.0, max(self.sample_size, proxy_rows), seed=42)
         fit_rows = sample[: self.sample_size]  # slices are nested: the lowest hashes of one draw
-        if not fit_rows:
-            raise ValueError("kmeans: the pool is empty")
+        if not fit_rows:  # an empty or all-rejected pool: nothing to cluster, and nothing to score
+            self.prepared_ = {"k": 0, "n_pool": n_pool, "n_sample": 0, "empty": True}
+            return self.prepared_
         k = min(self.k or default_k(n_pool, len(fit_rows)), len(fit_rows))
         prepared: dict = {"k": k, "n_pool": n_pool, "n_sample": len(fit_rows)}
         key = content_hash({"slice": slice_digest(fit_rows), "k": k, "seed": context.seed,
@@ -295,6 +296,9 @@ class KMeansSelector(Selector):
         import faiss
 
         super().fit(targets, prepared)
+        if self.prepared_.get("empty"):  # no valid row in the pool: score() is never given one
+            self.k_, self.index_, self.weight_ = 0, None, np.zeros(0, np.float32)
+            return self
         centroids = self.prepared_.get("centroids")
         if centroids is None:
             raise ValueError("kmeans: nothing prepared (run prepare() first: it fits the centroids)")
@@ -324,6 +328,8 @@ class KMeansSelector(Selector):
 
     # -- selection: quotas, quality-weighted draws, refinement -------------------------------------
     def select(self, table: pa.Table, k: int, context: RunContext) -> pa.Table:
+        if table.num_rows == 0 or k == 0:
+            return pa.table({"id": pa.array([], pa.string()), "selection_round": pa.array([], pa.int32())})
         table = table.sort_by("id")  # the rows arrive in shard order; the draw must not depend on it
         ids = table.column("id").to_pylist()
         clusters = table.column("cluster").to_numpy(zero_copy_only=False).astype(np.int64)
