@@ -36,3 +36,22 @@ def test_offset_window_skips_the_hardest_fraction():
     top = [(None, [(float(10 - i), (0, -i), f"r{i}") for i in range(10)])]
     chosen = merge_selection(top, 3, eligible=10, skip_top=0.2)
     assert sorted(chosen, key=lambda r: chosen[r][0]) == ["r2", "r3", "r4"]
+
+
+def test_notes_and_selection_resolve_the_budget_the_same_way(tmp_path, one_thread):
+    """21 eligible rows, --budget 0.05, el2n's default skip window 0.1 (issue 15): the run's notes
+    and its selection come from one resolution, and the note says what was selected."""
+    import tamis
+
+    from .conftest import demo_records, write_jsonl
+    from .test_loss_selectors import TINY_LM
+
+    path = write_jsonl(tmp_path / "pool.jsonl", demo_records(21))
+    summary = tamis.select(pool=[str(path)], selector=["el2n"], out=str(tmp_path / "out"), budget=0.05,
+                           max_length=64, param=dict(TINY_LM, sample_size=21))
+    resolved = summary.manifest["resolved"]["selection"]
+    assert (resolved["eligible"], resolved["skipped"], resolved["rows"]) == (21, 2, 1)
+    assert summary.counts["selected"] == resolved["rows"] == 1
+    assert summary.manifest["notes"] == [
+        "budget 0.05 of 21 eligible rows: 1 row selected, after leaving out the 2 highest-scored "
+        "(skip window 0.1)"]
