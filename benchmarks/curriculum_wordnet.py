@@ -243,8 +243,7 @@ def main() -> None:
     selector = IRTSelector(**crowd_params(args))
     sample = PoolSample(lambda: pool)
     prepared = selector.prepare(sample, None, context)
-    selector.setup(context)
-    selector.fit(None, prepared)
+    selector.setup(context, prepared, None)
     timings["crowd_s"] = time.perf_counter() - t0
     crowd_rows = {r["id"] for r in sample.sample(1.0, args.crowd_rows)}  # what prepare trained the crowd on
     train, probe, held_out = split_pool(pool, crowd_rows, args.train_rows, args.probe_rows, args.eval_rows)

@@ -7,23 +7,9 @@ from typing import Any
 
 def load_config(config: str | Path | dict | None = None, **overrides: Any):
     """A validated SelectConfig from a YAML file or mapping, with keyword overrides on top."""
-    from .schemas.config import SelectConfig
+    from .pipeline.plan import load_config
 
-    data: dict[str, Any] = {}
-    if isinstance(config, (str, Path)):
-        import yaml
-
-        with open(config, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{config}: the config file must be a YAML mapping")
-    elif isinstance(config, dict):
-        data = dict(config)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("pool", "selector", "beam_args"):  # one value where a list is expected
-        if isinstance(data.get(key), str):
-            data[key] = [data[key]]
-    return SelectConfig(**data)
+    return load_config(config, **overrides)
 
 
 def select(config: str | Path | dict | None = None, *, progress: bool = False, **overrides: Any):

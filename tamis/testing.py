@@ -7,20 +7,20 @@
 
 It builds the selector from ``test_params()`` (keep them small: tiny proxies, a few steps), runs
 the lifecycle the pipeline runs (``prepare`` on a pool sample, the prepared record through JSON
-as workers get it, ``setup``, ``fit``, ``score``) on rows of the demo pool that ships with
+as workers get it, ``setup``, ``score``) on rows of the demo pool that ships with
 tamis, and checks:
 
 * parameters: explicit keyword parameters with defaults, stored unchanged, ``get_params`` and
   ``from_params`` round-trip, an unknown name is refused;
-* a selector that needs targets refuses to fit without them;
+* a selector that needs targets refuses to set up without them;
 * ``prepare`` returns a JSON-able dict;
 * the columns declared before setup are exactly the columns ``score`` returns, one value per
   record, of the declared types (float columns already float32), score columns named
   ``score_<name>...`` and finite on these well-formed rows;
 * determinism: scoring the same rows twice gives the same bits, and a second worker (a new
-  instance, setup and fit on the same prepared record) agrees to the bit;
+  instance, set up on the same prepared record) agrees to the bit;
 * batch independence: scoring in two batches gives what one batch gives (1e-5 for floats);
-* ``fit`` leaves the parameters as they were.
+* ``setup`` leaves the parameters as they were.
 """
 from __future__ import annotations
 
@@ -91,8 +91,7 @@ class _Case:
 
     def fit(self) -> Selector:
         selector = self.new()
-        selector.setup(self.context)
-        selector.fit(self.targets, self.prepare())
+        selector.setup(self.context, self.prepare(), self.targets)
         return selector
 
     @property
@@ -139,9 +138,8 @@ def check_refuses_to_fit_without_targets(case: _Case) -> None:
     if not case.cls.needs_target:
         return
     selector = case.new()
-    selector.setup(case.context)
     try:
-        selector.fit(None)
+        selector.setup(case.context, None, None)
     except ValueError as e:
         assert "needs --target" in str(e), f"say that the selector needs --target, got {e}"
     else:
@@ -152,7 +150,7 @@ def check_declared_columns(case: _Case) -> None:
     declared = case.new().columns(case.tasks)  # known before setup: the driver plans the schema with it
     assert all(isinstance(f, pa.Field) for f in declared), "columns() must return pyarrow fields"
     assert [f.name for f in case.fitted.columns(case.tasks)] == [f.name for f in declared], \
-        "columns() must not depend on setup or fit"
+        "columns() must not depend on setup"
     out = case.fitted.score(case.rows)
     assert set(out) == {f.name for f in declared}, \
         f"score returned {sorted(out)}, the selector declares {sorted(f.name for f in declared)}"
@@ -171,7 +169,7 @@ def check_declared_columns(case: _Case) -> None:
 
 def check_deterministic(case: _Case) -> None:
     first, again = case.fitted.score(case.rows), case.fitted.score(case.rows)
-    other = case.fit().score(case.rows)  # a second worker: its own setup and fit on the same record
+    other = case.fit().score(case.rows)  # a second worker: its own setup on the same record
     for column, values in first.items():
         np.testing.assert_array_equal(values, again[column], err_msg=f"{column}: same rows scored twice differ")
         np.testing.assert_array_equal(values, other[column], err_msg=f"{column}: two workers disagree")
@@ -191,7 +189,7 @@ def check_batch_independent(case: _Case) -> None:
 
 
 def check_fit_keeps_parameters(case: _Case) -> None:
-    assert case.fitted.get_params() == case.new().get_params(), "setup/fit must not change the parameters"
+    assert case.fitted.get_params() == case.new().get_params(), "setup must not change the parameters"
 
 
 CHECKS: list[Callable[[_Case], None]] = [

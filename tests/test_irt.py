@@ -276,8 +276,7 @@ def test_classifier_crowd_answers_labels_and_orders_difficulty(tiny_encoder):
     context = RunContext(max_length=64, batch_tokens=2048)
     prepared = selector.prepare(PoolSample(lambda: pool), None, context)
     assert prepared["data_kind"] == "classification" and len(prepared["subjects"]) == 4 == len(prepared["theta"])
-    selector.setup(context)
-    selector.fit(None, prepared)
+    selector.setup(context, prepared, None)
     rows = pool[250:] + [dict(pool[0], extra=None)]  # the last one has no label: no answers
     answers = selector.answers(rows)
     assert answers.shape == (4, 51) and np.isnan(answers[:, -1]).all() and np.isin(answers[:, :-1], [0, 1]).all()

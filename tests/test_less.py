@@ -52,8 +52,7 @@ def less(pool, targets, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("features"))
     selector = LessSelector(**TINY, feature_store=store)
     prepared = selector.prepare(PoolSample(lambda: pool), targets, CONTEXT)
-    selector.setup(CONTEXT)
-    selector.fit(targets, prepared)
+    selector.setup(CONTEXT, prepared, targets)
     return selector, prepared, store
 
 
@@ -127,15 +126,13 @@ def test_feature_store_serves_a_new_task_without_recomputing(less, pool, targets
     computed = selector.store_.misses
     # A second worker, a new task: every pool feature comes from the store.
     fresh = LessSelector(**TINY, feature_store=store)
-    fresh.setup(CONTEXT)
-    fresh.fit({"food": targets["food"]}, prepared)
+    fresh.setup(CONTEXT, prepared, {"food": targets["food"]})
     again = fresh.score(some)
     assert fresh.store_.hits == 3 and fresh.store_.misses == 0 and computed >= 3
     np.testing.assert_array_equal(again["score_less_food"], first["score_less_food"])
     # Another projection is another feature: nothing is reused by mistake.
     other = LessSelector(**TINY, feature_store=store, proj_seed=1)
-    other.setup(CONTEXT)
-    other.fit({"food": targets["food"]}, prepared)
+    other.setup(CONTEXT, prepared, {"food": targets["food"]})
     other.score(some)
     assert other.store_.hits == 0 and other.store_.misses == 3
 
@@ -224,8 +221,7 @@ def test_warm_up_of_a_given_local_model(tiny_causal, pool, targets, tmp_path):
     prepared = selector.prepare(PoolSample(lambda: pool), targets, CONTEXT)
     proxy = TrainedProxy.open(prepared["proxy"])
     assert proxy.mode == "lora" and proxy.base == tiny_causal and len(proxy.checkpoints) == 2
-    selector.setup(CONTEXT)
-    selector.fit(targets, prepared)
+    selector.setup(CONTEXT, prepared, targets)
     scores = selector.score(pool[:30])
     assert set(scores) == {"score_less_animal", "score_less_food"}
     assert np.isfinite(scores["score_less_food"]).all() and np.ptp(scores["score_less_food"]) > 0

@@ -55,8 +55,7 @@ def color(pool, targets_dir):
     targets = read_targets(targets_dir)
     selector = ColorFilterSelector(**TINY_COLOR)
     prepared = selector.prepare(PoolSample(lambda: pool), targets, CONTEXT)
-    selector.setup(CONTEXT)
-    selector.fit(targets, prepared)
+    selector.setup(CONTEXT, prepared, targets)
     return selector, prepared, selector.score(pool)
 
 
@@ -159,8 +158,7 @@ def test_classification_scores_flag_mislabelled_records(cls, labelled):
     selector = cls(runs=2, head_hidden=32, head_epochs=10)
     prepared = selector.prepare(PoolSample(lambda: records), None, CONTEXT)
     assert prepared["data_kind"] == "classification" and prepared["examples"] == len(records)
-    selector.setup(CONTEXT)
-    selector.fit(None, prepared)
+    selector.setup(CONTEXT, prepared, None)
     unlabelled = {"id": "x", "messages": None, "text": "A plain record with no label.", "extra": None}
     scores = selector.score(records + [unlabelled])[f"score_{cls.name}"]
     assert scores.dtype == np.float32 and np.isnan(scores[-1]) and np.isfinite(scores[:-1]).all()
@@ -177,8 +175,7 @@ def test_lm_el2n_averages_runs_of_sequence_stats():
     prepared = selector.prepare(PoolSample(lambda: rows), None, CONTEXT)
     assert prepared["data_kind"] == "lm" and len(prepared["proxies"]) == 2
     assert prepared["proxies"][0]["key"] != prepared["proxies"][1]["key"]  # independent runs (seeds)
-    selector.setup(CONTEXT)
-    selector.fit(None, prepared)
+    selector.setup(CONTEXT, prepared, None)
     scores = selector.score(rows[:10])["score_el2n"]
     runs = []
     for spec in prepared["proxies"]:
@@ -212,14 +209,12 @@ def test_given_model_is_warmed_up_as_the_prior_and_as_lora_runs_for_grand(tiny_c
     prepared = color.prepare(PoolSample(lambda: rows), targets, CONTEXT)
     prior = json.loads((Path(prepared["prior"]["path"]) / "inputs.json").read_text())
     assert prior["kind"] == "warmup" and prior["base"] == tiny_causal and prior["n_examples"] == 120
-    color.setup(CONTEXT)
-    color.fit(targets, prepared)
+    color.setup(CONTEXT, prepared, targets)
     assert np.isfinite(color.score(rows[:8])["score_color_food"]).all()
 
     grand = GraNdSelector(model=tiny_causal, mode="lora", runs=2, sample_size=60, batch_size=16)
     prepared = grand.prepare(PoolSample(lambda: rows), None, CONTEXT)
-    grand.setup(CONTEXT)
-    grand.fit(None, prepared)
+    grand.setup(CONTEXT, prepared, None)
     scores = grand.score(rows[:8])["score_grand"]
     assert np.isfinite(scores).all() and (scores > 0).all()
     model, _ = grand.proxies_[0]

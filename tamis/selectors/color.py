@@ -98,8 +98,8 @@ class ColorFilterSelector(Selector):
         return self.prepared_
 
     # -- scoring (per worker) -----------------------------------------------------------------------
-    def fit(self, targets, prepared=None):
-        super().fit(targets, prepared)
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared, targets)
         if not self.prepared_.get("conditional"):
             raise ValueError("color: nothing prepared (run prepare() first: it trains the proxies)")
         missing = set(self.tasks_) - set(self.prepared_["conditional"])
@@ -109,7 +109,6 @@ class ColorFilterSelector(Selector):
         self.prior_, self.tokenizer_ = load_proxy(self.prepared_["prior"], device=device, dtype=dtype)
         self.conditionals_ = {task: load_proxy(self.prepared_["conditional"][task], device=device, dtype=dtype)[0]
                               for task in self.tasks_}
-        return self
 
     def mean_losses(self, model, examples) -> np.ndarray:
         return mean_token_loss(model, examples, batch_tokens=self.context_.batch_tokens)

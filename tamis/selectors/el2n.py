@@ -17,7 +17,7 @@ Two kinds of records:
 
 Selection keeps the highest scores, but first leaves out the hardest ``skip_hardest`` fraction
 (the paper's offset window): at the very top sit mislabeled and unlearnable examples. The budget
-then applies to the rows that remain (``skip_top``). 0.1 is the default because pools of web or
+is still a fraction of all eligible rows (``tamis.selectors.rules.Budget``). 0.1 is the default because pools of web or
 instruction data are noisy and their very top is mostly noise (Fayyaz et al. 2022; Marion et al.
 2023 find a middle band best for LM pretraining data). On clean labels it costs: on sklearn's
 digits the window loses about 2 points of accuracy with clean labels and gains about 5 with 10%
@@ -35,6 +35,7 @@ from ..models.lm import encode_for_model
 from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, proxy_ref
 from ..models.records import DATA_KINDS, data_kind, record_label, render
 from ..models.stats import per_example_grad_norms, sequence_stats
+from .rules import SkipWindow, TopK
 from .base import PoolSample, RunContext, Selector
 
 __all__ = ["EL2NSelector", "GraNdSelector", "KINDS"]
@@ -87,8 +88,9 @@ class _DifficultySelector(Selector):
         return {"runs": 2, "sample_size": 96, "batch_size": 16, "n_layer": 1, "n_embd": 16, "n_head": 2,
                 "vocab_size": 300, "positions": 64, "head_hidden": 8, "head_epochs": 2}
 
-    def skip_top(self) -> float:
-        return self.skip_hardest
+    def selection_rule(self) -> TopK:
+        """The top scores after the offset window: the hardest ``skip_hardest`` left out."""
+        return TopK(skip=SkipWindow(self.skip_hardest))
 
     # -- training (once per run, on the driver) -----------------------------------------------------
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
@@ -130,8 +132,8 @@ class _DifficultySelector(Selector):
                              trust_remote_code=self.trust_remote_code)
 
     # -- scoring (per worker) -----------------------------------------------------------------------
-    def fit(self, targets, prepared=None):
-        super().fit(None, prepared)  # no targets: the score is about the pool alone
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared)  # no targets: the score is about the pool alone
         kind = self.prepared_.get("data_kind")
         if kind == "classification":
             self.heads_, self.classes_ = load_heads(self.prepared_["heads"])
@@ -142,7 +144,6 @@ class _DifficultySelector(Selector):
                              for ref in self.prepared_["proxies"]]
         else:
             raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
-        return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         if self.prepared_["data_kind"] == "classification":

@@ -59,6 +59,7 @@ from ..models.lm import encode_for_model, load_causal_lm
 from ..models.proxies import ProxySpec, obtain_proxy
 from ..models.records import DATA_KINDS, data_kind, record_label, render
 from ..models.stats import mean_token_loss
+from .rules import SkipWindow, TopK
 from .base import RunContext, Selector
 
 # The calibration sample is drawn with its own hash seed, unlike the crowd's training slice.
@@ -130,8 +131,9 @@ class IRTSelector(Selector):
         return super().columns(tasks) + [pa.field("difficulty", pa.float32()), pa.field("discrimination", pa.float32()),
                                          pa.field("curriculum_stage", pa.int32())]
 
-    def skip_top(self) -> float:
-        return self.skip_hardest
+    def selection_rule(self) -> TopK:
+        """The top scores after the offset window: the hardest ``skip_hardest`` left out."""
+        return TopK(skip=SkipWindow(self.skip_hardest))
 
     # -- prepare: once per run ------------------------------------------------------------------
     def prepare(self, pool, targets, context: RunContext) -> dict:
@@ -226,8 +228,8 @@ class IRTSelector(Selector):
                 "converged": fit.converged, "mean_correct": float(np.nanmean(matrix))}
 
     # -- per worker ------------------------------------------------------------------------------
-    def fit(self, targets, prepared=None):
-        super().fit(targets, prepared)
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared, targets)
         if not self.prepared_:
             raise ValueError("irt: nothing prepared (run prepare() first: it builds the crowd)")
         self.edges_ = np.asarray(self.prepared_["stage_edges"], dtype=np.float64)
@@ -237,9 +239,7 @@ class IRTSelector(Selector):
                                    zip(table.column("difficulty").to_pylist(), table.column("discrimination").to_pylist())))
         else:
             self.theta_ = np.asarray(self.prepared_["theta"], dtype=np.float64)
-            self.crowd_ = self._crowd(self.prepared_["data_kind"], self.prepared_,
-                                      getattr(self, "context_", RunContext()))
-        return self
+            self.crowd_ = self._crowd(self.prepared_["data_kind"], self.prepared_, context)
 
     def answers(self, records: list[dict]) -> np.ndarray:
         """The crowd's 1/0 answers on ``records``: [subjects, records], NaN where there is none."""

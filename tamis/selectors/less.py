@@ -131,13 +131,13 @@ class LessSelector(Selector):
         return self.prepared_
 
     # -- features and scores (per worker) -----------------------------------------------------------
-    def fit(self, targets, prepared=None):
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
         from ..models.features import FeatureStore
         from ..models.projection import RademacherProjector
         from ..models.stats import grad_dim
         from ..models.train import TrainedProxy
 
-        super().fit(targets, prepared)
+        super().setup(context, prepared, targets)
         if not self.prepared_.get("proxy"):
             raise ValueError("less: nothing prepared (run prepare() first: it trains the warm-up proxy)")
         self.proxy_ = TrainedProxy.open(self.prepared_["proxy"])
@@ -162,7 +162,6 @@ class LessSelector(Selector):
             feats = [self.features([examples[i] for i in usable], ckpt, adam=False)
                      for ckpt in range(len(self.proxy_.checkpoints))]
             self.targets_[task] = (feats, [np.asarray(groups[k]) for k in sorted(groups)])
-        return self
 
     def checkpoint_state(self, ckpt: int) -> tuple[dict, dict]:
         """(LoRA weights, Adam moments) of checkpoint ``ckpt``, read from disk once per worker:

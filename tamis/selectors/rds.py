@@ -34,11 +34,6 @@ class RDSSelector(Selector):
         if pooling not in ("weighted_mean", "mean"):
             raise ValueError(f"pooling must be 'weighted_mean' or 'mean', got {pooling!r}")
 
-    def setup(self, context: RunContext) -> None:
-        super().setup(context)
-        self.embedder_ = open_embedder(self.model, pooling=self.pooling, max_length=context.max_length,
-                                       batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
-                                       trust_remote_code=self.trust_remote_code)
 
     def _embed(self, records: list[dict]) -> np.ndarray:
         return self.embedder_.embed([render(r) for r in records])
@@ -57,10 +52,12 @@ class RDSSelector(Selector):
         index.add(vectors)
         return index
 
-    def fit(self, targets, prepared=None):
-        super().fit(targets, prepared)
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared, targets)
+        self.embedder_ = open_embedder(self.model, pooling=self.pooling, max_length=context.max_length,
+                                       batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                                       trust_remote_code=self.trust_remote_code)
         self.indexes_ = {task: self._build_index(self._embed(targets[task])) for task in self.tasks_}
-        return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         vectors = self._embed(records)

@@ -34,11 +34,9 @@ class TypicalSelector(Selector):
                              max_length=context.max_length, device=context.device, progress=sys.stderr.isatty())
         return {"proxy": proxy_ref(proxy)}
 
-    def fit(self, targets, prepared=None):
-        super().fit(targets, prepared)
-        self.model_, self.tokenizer_ = load_proxy(self.prepared_["proxy"], device=self.context_.device,
-                                                  dtype=self.context_.dtype)
-        return self
+    def setup(self, context, prepared=None, targets=None):
+        super().setup(context, prepared, targets)
+        self.model_, self.tokenizer_ = load_proxy(prepared["proxy"], device=context.device, dtype=context.dtype)
 
     def score(self, records):
         examples = encode_for_model(self.model_, self.tokenizer_, records, self.context_.max_length)
