@@ -132,8 +132,8 @@ def run(work: Path) -> dict[str, np.ndarray]:
 
             lm, tok = load_causal_lm(model)
             out["curriculum/probe"] = lm_probe_answers(lm, encode_records(tok, rows, 64),
-                                                       prepared["loss_threshold"])
-            out["irt/threshold"] = np.array([prepared["loss_threshold"]])
+                                                       prepared.loss_threshold)
+            out["irt/threshold"] = np.array([prepared.loss_threshold])
         print(f"{label:<16} {time.perf_counter() - t0:6.1f}s", file=sys.stderr)
     return out
 

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from .demo import demo_dir
-from .selectors import PoolSample, RunContext, Selector
+from .selectors import PoolSample, Prepared, RunContext, Selector
 
 CONTEXT = RunContext(max_length=64, batch_tokens=2048)
 
@@ -79,14 +79,18 @@ class _Case:
     def new(self) -> Selector:
         return self.cls.from_params(dict(self.params))
 
-    def prepare(self) -> dict:
+    def prepare(self) -> Prepared:
         if not hasattr(self, "_prepared"):
             prepared = self.new().prepare(PoolSample(lambda: list(self.pool)), self.targets, self.context)
-            assert prepared is None or isinstance(prepared, dict), "prepare must return a dict (or None)"
+            kind = self.cls.prepared_type
+            assert isinstance(prepared, kind), f"prepare must return a {kind.__name__} (prepared_type), got {prepared!r}"
             try:
-                self._prepared = json.loads(json.dumps(prepared or {}))  # what a worker receives
+                data = json.loads(json.dumps(prepared.to_json()))
             except (TypeError, ValueError) as e:
-                raise AssertionError(f"prepare must return a JSON-able dict: {e}") from None
+                raise AssertionError(f"the prepared record must be JSON-able: {e}") from None
+            # What a reselect rebuilds from the manifest, and what a worker receives.
+            self._prepared = kind.from_json(data)
+            assert self._prepared == prepared, "prepared_type.from_json(record.to_json()) must give the record back"
         return self._prepared
 
     def fit(self) -> Selector:

@@ -83,3 +83,32 @@ def test_notes_and_selection_resolve_the_budget_the_same_way(tmp_path, one_threa
     assert summary.manifest["notes"] == [
         "budget 0.05 of 21 eligible rows: 1 row selected, after leaving out the 2 highest-scored "
         "(skip window 0.1)"]
+
+
+def test_budget_per_task_and_duplicates_turn_through_the_pipeline(tmp_path, targets_dir, tiny_encoder, one_thread):
+    """Each task's own top 8 (the LESS/CoLoR references) against the shared round-robin budget,
+    read back from the shards; the rule options are in the manifest."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    import tamis
+
+    from .conftest import demo_records, write_jsonl
+
+    path = write_jsonl(tmp_path / "pool.jsonl", demo_records(60))
+    common = dict(pool=[str(path)], target=targets_dir, budget=8, param={"model": tiny_encoder})
+    shared = tamis.select(out=str(tmp_path / "shared"), **common)
+    per = tamis.select(out=str(tmp_path / "per"), budget_per_task=True, **common)
+    turn = tamis.select(out=str(tmp_path / "turn"), duplicates="turn", **common)
+    assert shared.counts["selected"] == turn.counts["selected"] == 8
+    assert per.manifest["resolved"]["rule"] == {"rule": "TopK", "skip": {"fraction": 0.0}, "duplicate": "next",
+                                                "budget_per_task": True}
+    table = pq.read_table(tmp_path / "per" / "shards")
+    eligible = ~table.column("matches_target").to_numpy(zero_copy_only=False)
+    ids = np.array(table.column("id").to_pylist())
+    for task in ("animal", "food"):
+        scores = table.column(f"score_rds_{task}").to_numpy()
+        top = set(ids[eligible][np.argsort(-scores[eligible], kind="stable")[:8]])
+        mine = {rid for rid, tasks in zip(ids, table.column("selected_for").to_pylist()) if task in tasks}
+        assert mine == top
+    assert 8 < per.counts["selected"] <= 16

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -18,14 +19,14 @@ from ..schemas.config import SelectConfig
 from ..schemas.output import output_schema
 from ..selectors import registry
 from ..selectors.base import PoolSample, RunContext, Selector
-from ..selectors.rules import Budget, TableRule
+from ..selectors.rules import Budget, Rule, TableRule, TopK
 from .chunks import InputFile, count_lines
 from .selection import Driver, Ranking
 from .sources import expand, read_records, read_targets
 
 # Config keys that do not change any score: a run that differs only in these resumes.
 _NOT_SCORING = {"budget", "out", "runner", "workers", "beam_args", "overwrite", "select_by", "decontaminate",
-                "score_attempts", "budget_per_task", "duplicate"}
+                "score_attempts", "budget_per_task", "duplicates"}
 
 
 def scoring_key(config: SelectConfig, files: list[dict], targets: dict | None) -> str:
@@ -95,7 +96,7 @@ class Plan:
         selectors = build_selectors(config, targets)
         columns = [c for s in selectors for c in s.columns(s.task_names(targets))]
         plan = cls(config, targets, selectors, output_schema(columns), [])
-        rule = plan.driver.selection_rule()
+        rule = plan.rule()
         missing = sorted(set(rule.inputs) - set(plan.schema.names)) if isinstance(rule, TableRule) else []
         if missing:
             raise ValueError(f"selector {plan.driver.name!r} selects by column(s) {missing} that no selector in this "
@@ -145,10 +146,20 @@ class Plan:
         pool = PoolSample(lambda: read_records(self.config.pool))
         return {s.name: s.prepare(pool, self.targets, self.context()) for s in self.selectors}
 
+    def rule(self) -> Rule:
+        """The driving selector's rule, with the run's rule options (``budget_per_task``, ``duplicates``) on it."""
+        rule = self.driver.selection_rule()
+        options = {k: v for k, v in (("budget_per_task", self.config.budget_per_task),
+                                     ("duplicate", self.config.duplicates)) if v is not None}
+        if options and not isinstance(rule, TopK):
+            raise ValueError(f"{', '.join(options)} apply to top-k selection; {self.driver.name!r} selects by "
+                             f"{type(rule).__name__}")
+        return dataclasses.replace(rule, **options) if options else rule
+
     def ranking(self, prepared: dict[str, Any], columns: dict | None = None) -> Ranking:
         """Pass 2: the driver's score columns (or ``columns``, a subset), its rule, the budget."""
         driver = self.driver
-        rule = driver.selection_rule()
+        rule = self.rule()
         return Ranking(columns or driver.score_columns(driver.task_names(self.targets)), rule, self.budget,
                        self.config.decontaminate,
                        Driver(driver.name, driver.get_params(), prepared.get(driver.name), self.targets, self.context())
@@ -156,4 +167,4 @@ class Plan:
 
     def prepared_from_json(self, data: dict) -> dict[str, Any]:
         """The prepared records a manifest kept (JSON), for a selection without scoring (reselect)."""
-        return {s.name: data.get(s.name) for s in self.selectors}
+        return {s.name: s.prepared_type.from_json(data.get(s.name)) for s in self.selectors}

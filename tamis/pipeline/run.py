@@ -17,6 +17,7 @@ from typing import Any
 from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder, read_parquet_metadata
 from ..schemas.config import SelectConfig
 from ..schemas.records import content_key
+from ..selectors.base import Prepared
 from ..selectors.rules import SELECTION_REPORT, Resolution
 from .chunks import ReadChunks, ValidateChunk
 from .options import check_options, pipeline_options
@@ -266,11 +267,9 @@ def describe_rule(rule) -> dict:
     return json.loads(json.dumps({"rule": type(rule).__name__, **options}, default=lambda o: asdict(o)))
 
 
-def to_json(prepared) -> Any:
-    """A prepared record as JSON (a dataclass's fields, or a plain dict)."""
-    import dataclasses
-
-    return dataclasses.asdict(prepared) if dataclasses.is_dataclass(prepared) else (prepared or {})
+def to_json(prepared: Prepared | None) -> dict | None:
+    """A prepared record as the manifest keeps it."""
+    return None if prepared is None else prepared.to_json()
 
 
 def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers: int = 1,

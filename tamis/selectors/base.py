@@ -17,6 +17,7 @@ register it (``tamis.selectors.registry`` or the ``tamis.selectors`` entry-point
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -61,6 +62,21 @@ class RunContext:
     retry_backoff_s: float = 0.5  # first wait between tries; doubles each time
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` returns: the same record for every worker, and the manifest's JSON.
+
+    Subclass it with typed fields of plain JSON values (str, numbers, lists, dicts of them).
+    """
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Prepared | None":
+        return None if data is None else cls(**data)
+
+
 class Selector:
     """Base class. Subclasses set ``name`` and implement ``score`` (and usually ``prepare``/``setup``)."""
 
@@ -69,6 +85,8 @@ class Selector:
     needs_target: ClassVar[bool] = False
     #: Default budget when the run gives none (a fraction below 1, or a count).
     default_budget: ClassVar[float] = 0.05
+    #: The type of the record ``prepare`` returns.
+    prepared_type: ClassVar[type[Prepared]] = Prepared
 
     def __init__(self) -> None:  # subclasses list their parameters explicitly
         pass
@@ -107,21 +125,21 @@ class Selector:
         return f"{type(self).__name__}({args})"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def prepare(self, pool: PoolSample, targets: dict[str, list[dict]] | None, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets: dict[str, list[dict]] | None, context: RunContext) -> Prepared:
         """Once per run, before scoring: train or fit shared state; return what workers need.
 
         Runs where the pipeline is launched. Anything expensive should go through a cache
         keyed by its inputs (the proxy layer's cache does), so a rerun is cheap.
         """
-        return {}
+        return self.prepared_type()
 
-    def setup(self, context: RunContext, prepared: Any = None, targets: dict[str, list[dict]] | None = None) -> None:
+    def setup(self, context: RunContext, prepared: Prepared | None = None, targets: dict[str, list[dict]] | None = None) -> None:
         """Once per worker: load the models, from what ``prepare`` returned and the target examples
         (task -> records with an optional ``subtask``). Learned state gets a trailing underscore."""
         if self.needs_target and not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
         self.context_ = context
-        self.prepared_ = prepared if prepared is not None else {}
+        self.prepared_ = prepared
         self.tasks_ = self.task_names(targets)
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:

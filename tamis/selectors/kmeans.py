@@ -37,6 +37,7 @@ whatever the sharding or row order.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import sys
 
 import numpy as np
@@ -52,8 +53,18 @@ from ..models.records import render, user_text
 from ..models.stats import mean_token_loss
 from ..models.train import train_proxy
 from ..schemas.proxy import ProxyModelConfig, TrainConfig
-from .base import PoolSample, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector
 from .rules import ClusterQuotas
+
+
+@dataclass(frozen=True)
+class KMeansPrepared(Prepared):
+    k: int  # clusters fitted
+    n_pool: int  # pool rows counted
+    n_sample: int  # rows the centroids were fitted on
+    centroids: str | list | None = None  # the centroid file, or the centroids inline (no work folder)
+    counts: list[int] | None = None  # sample rows per cluster, inline with inline centroids
+    proxy: dict | None = None  # the refinement's reference proxy (proxy_ref), rounds > 1
 
 
 def default_k(n_pool: int, n_sample: int) -> int:
@@ -67,6 +78,7 @@ class KMeansSelector(Selector):
     """kMQ: equal cluster quotas (redistributed), quality-weighted draws, optional refinement."""
 
     name = "kmeans"
+    prepared_type = KMeansPrepared
     custom_selection = True
 
     def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "mean", text: str = "all",
@@ -140,7 +152,7 @@ class KMeansSelector(Selector):
         text = render if self.text == "all" else user_text
         return embedder.embed([text(r) for r in records])
 
-    def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets, context: RunContext) -> KMeansPrepared:
         import faiss
 
         n_pool = 0
@@ -157,7 +169,7 @@ class KMeansSelector(Selector):
         if not fit_rows:
             raise ValueError("kmeans: the pool is empty")
         k = min(self.k or default_k(n_pool, len(fit_rows)), len(fit_rows))
-        prepared: dict = {"k": k, "n_pool": n_pool, "n_sample": len(fit_rows)}
+        prepared: dict = {}
         key = content_hash({"slice": slice_digest(fit_rows), "k": k, "seed": context.seed,
                             **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
                             "model_sha256": fingerprint(self.model), "max_length": context.max_length})[:16]
@@ -177,8 +189,8 @@ class KMeansSelector(Selector):
             prepared["centroids"] = path
         if self.rounds > 1:
             prepared["proxy"] = self._prepare_proxy(sample[:proxy_rows], context)
-        self.prepared_ = prepared
-        return prepared
+        self.prepared_ = KMeansPrepared(k, n_pool, len(fit_rows), **prepared)
+        return self.prepared_
 
     def _prepare_proxy(self, rows: list[dict], context: RunContext) -> dict:
         """The refinement's reference proxy: a given model as is, or a small one built from the pool."""
@@ -192,13 +204,13 @@ class KMeansSelector(Selector):
 
         super().setup(context, prepared, targets)
         self.embedder_ = None  # loaded at the first score(): the selection pass never needs it
-        centroids = self.prepared_.get("centroids")
+        centroids = prepared.centroids if prepared is not None else None
         if centroids is None:
             raise ValueError("kmeans: nothing prepared (run prepare() first: it fits the centroids)")
         if isinstance(centroids, str):
             centroids, counts = _from_safetensors(blobs.read_bytes(centroids))
         else:
-            centroids, counts = np.asarray(centroids, np.float32), np.asarray(self.prepared_["counts"])
+            centroids, counts = np.asarray(centroids, np.float32), np.asarray(prepared.counts)
         self.k_ = len(centroids)
         self.index_ = faiss.IndexFlatL2(centroids.shape[1])
         self.index_.add(np.ascontiguousarray(centroids, dtype=np.float32))
@@ -232,7 +244,7 @@ class KMeansSelector(Selector):
         context = self.context_
         records = [{"id": r["id"], "messages": r["messages"], "text": r["text"], "extra": r.get("extra")}
                    for r in rows]
-        ref = self.prepared_.get("proxy")
+        ref = self.prepared_.proxy
         if ref is None:
             raise ValueError("kmeans: no refinement proxy prepared (prepare() with rounds > 1 makes one)")
         config = TrainConfig(mode="full" if "path" in ref else self.proxy_mode, fraction=1.0, seed=context.seed,
@@ -252,7 +264,7 @@ class KMeansSelector(Selector):
     def model_info(self) -> dict[str, dict]:
         info = {"kmeans.embedder": model_record(self.model, getattr(self, "model_path_", None), pooling=self.pooling,
                                                 text=self.text)}
-        proxy = (getattr(self, "prepared_", None) or {}).get("proxy")
+        proxy = getattr(getattr(self, "prepared_", None), "proxy", None)  # before prepare: none
         if proxy:
             info["kmeans.proxy"] = dict(proxy)
         return info
