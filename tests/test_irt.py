@@ -16,6 +16,7 @@ import tamis  # noqa: E402
 from tamis.curriculum import DDSMAE, CurriculumSampler, epoch_items, hf_callback  # noqa: E402
 from tamis.irt import estimate_theta, fit_irt, fit_items  # noqa: E402
 from tamis.selectors.irt import (  # noqa: E402
+    IRTSelector,
     crowd_spread,
     curriculum_stage,
     read_responses,

@@ -102,7 +102,7 @@ def test_budget_per_task_and_duplicates_turn_through_the_pipeline(tmp_path, targ
     turn = tamis.select(out=str(tmp_path / "turn"), duplicates="turn", **common)
     assert shared.counts["selected"] == turn.counts["selected"] == 8
     assert per.manifest["resolved"]["rule"] == {"rule": "TopK", "skip": {"fraction": 0.0}, "duplicate": "next",
-                                                "budget_per_task": True}
+                                                "budget_per_task": True, "over": "tasks"}
     table = pq.read_table(tmp_path / "per" / "shards")
     eligible = ~table.column("matches_target").to_numpy(zero_copy_only=False)
     ids = np.array(table.column("id").to_pylist())
@@ -112,3 +112,37 @@ def test_budget_per_task_and_duplicates_turn_through_the_pipeline(tmp_path, targ
         mine = {rid for rid, tasks in zip(ids, table.column("selected_for").to_pylist()) if task in tasks}
         assert mine == top
     assert 8 < per.counts["selected"] <= 16
+
+
+def test_round_robin_over_target_examples_gives_each_its_share(tmp_path, targets_dir, tiny_encoder, one_thread):
+    """rds with per_query: every target example in turn takes its best remaining row (the RDS+
+    reference's main recipe), recomputed here from the per-example cosines in the shards."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    import tamis
+
+    from .conftest import demo_records, write_jsonl
+
+    path = write_jsonl(tmp_path / "pool.jsonl", demo_records(60))
+    summary = tamis.select(pool=[str(path)], target={"food": targets_dir["food"]}, budget=12,
+                           out=str(tmp_path / "q"), param={"model": tiny_encoder, "per_query": True})
+    assert summary.counts["selected"] == 12 and summary.manifest["resolved"]["rule"]["over"] == "queries"
+    table = pq.read_table(tmp_path / "q" / "shards")
+    cosines = np.array(table.column("queries_rds_food").to_pylist(), dtype=np.float32)
+    assert cosines.shape == (60, 32)
+    np.testing.assert_array_equal(cosines.max(axis=1), table.column("score_rds_food").to_numpy())
+    eligible = ~table.column("matches_target").to_numpy(zero_copy_only=False)
+    ids = table.column("id").to_pylist()
+    order = [np.lexsort((np.arange(60), -cosines[:, j])) for j in range(32)]  # best first, ties by position
+    taken, pointer = [], [0] * 32
+    while len(taken) < 12:
+        for j in range(32):
+            while pointer[j] < 60 and (ids[order[j][pointer[j]]] in taken or not eligible[order[j][pointer[j]]]):
+                pointer[j] += 1
+            if len(taken) < 12:
+                taken.append(ids[order[j][pointer[j]]])
+                pointer[j] += 1
+    ranked = sorted((r, i) for i, r, s in zip(ids, table.column("rank").to_pylist(),
+                                              table.column("selected").to_pylist()) if s)
+    assert [i for _, i in ranked] == taken

@@ -21,7 +21,7 @@ from ..schemas.output import REJECT_SCHEMA
 from ..schemas.records import record_to_json
 from ..selectors import registry
 from ..selectors.base import RunContext
-from ..selectors.rules import SELECTION_REPORT, Budget, Pick, Resolution, Rule, TableRule, TopK
+from ..selectors.rules import SELECTION_REPORT, Budget, Pick, Resolution, Rule, TableRule, TopK, query_column
 from ..io.runfolder import RunFolder, read_table, write_bytes, write_parquet
 
 
@@ -75,26 +75,39 @@ def later_duplicates(item: tuple[str, list[tuple[int, int]]]):
 
 
 class ShardCandidates(beam.DoFn):
-    """Each shard's own top-k per task: partial top-k before the global combine."""
+    """Each shard's own top-k per task (or per target example): partial top-k before the global combine."""
 
     def __init__(self, ranking: Ranking, k: int):
         self.ranking, self.k = ranking, k
 
+    def score_lists(self, table: pa.Table):
+        """(key, scores) per candidate list: per task, or per (task, target example)."""
+        for task, col in self.ranking.task_columns.items():
+            if self.ranking.rule.over == "queries":
+                column = table.column(query_column(col)).combine_chunks()
+                matrix = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+                matrix = matrix.reshape(table.num_rows, -1) if table.num_rows else matrix.reshape(0, 0)
+                for j in range(matrix.shape[1]):
+                    yield (task, j), matrix[:, j]
+            else:
+                yield task, table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+
     def process(self, item: tuple[int, str], duplicates: list):
         index, path = item
         cols = sorted(set(self.ranking.task_columns.values()))
+        if self.ranking.rule.over == "queries":
+            cols = [query_column(c) for c in cols]
         table = read_columns(path, ["id", "matches_target", *cols])
         eligible = eligible_rows(table, index, self.ranking, duplicates)
         ids = table.column("id").to_pylist()
-        for task, col in self.ranking.task_columns.items():
-            scores = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        for key, scores in self.score_lists(table):
             ok = eligible & ~np.isnan(scores)
             rows = np.flatnonzero(ok)
             if len(rows) > self.k:
                 rows = rows[np.argpartition(-scores[rows], self.k - 1)[: self.k]]
             for row in rows:
                 # Ties break by input position (earlier wins), so the selection is deterministic.
-                yield task, (float(scores[row]), (-index, -int(row)), ids[row])
+                yield key, (float(scores[row]), (-index, -int(row)), ids[row])
 
 
 def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: list) -> np.ndarray:

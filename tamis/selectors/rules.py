@@ -112,34 +112,52 @@ class Rule:
     budget_per_task: bool = False
 
 
+def query_column(score_column: str) -> str:
+    """The list column of a row's score against each target example, beside a task's score column."""
+    return "queries_" + score_column.removeprefix("score_")
+
+
 @dataclass(frozen=True)
 class TopK(Rule):
     """The best rows by score: global top-k for one column; with several tasks, by turns.
 
-    ``duplicate`` says what a task does when its best remaining row was already taken by
-    another task: ``"next"`` takes its next row (tamis's default), ``"turn"`` gives up its turn
-    (the RDS+ reference). ``budget_per_task`` gives each task the whole budget independently
-    (the LESS and CoLoR-Filter references); a row picked by several tasks counts once.
+    ``over="queries"`` goes round-robin over every target example of a task instead (the RDS+
+    reference's main recipe: each target example takes its best remaining row in turn); the
+    selector writes a row's score against each example in ``query_column(score column)``.
+    ``duplicate`` says what a task (or target example) does when its best remaining row was
+    already taken: ``"next"`` takes its next row (tamis's default), ``"turn"`` gives up its
+    turn (the RDS+ reference). ``budget_per_task`` gives each task the whole budget
+    independently (the LESS and CoLoR-Filter references); a row picked by several tasks counts once.
     """
 
     skip: SkipWindow = SkipWindow()
     duplicate: Literal["next", "turn"] = "next"
     budget_per_task: bool = False
+    over: Literal["tasks", "queries"] = "tasks"
 
     def __post_init__(self):
         if self.duplicate not in ("next", "turn"):
             raise ValueError(f"duplicate must be 'next' or 'turn', got {self.duplicate!r}")
+        if self.over not in ("tasks", "queries"):
+            raise ValueError(f"over must be 'tasks' or 'queries', got {self.over!r}")
 
-    def pick(self, candidates: dict[str | None, list[tuple[float, str]]], resolution: Resolution) -> dict[str, Pick]:
-        """``candidates``: each task's (score, id), best first, skip window not yet taken off."""
+    def pick(self, candidates: dict, resolution: Resolution) -> dict[str, Pick]:
+        """``candidates``: (score, id) lists, best first, skip window not yet taken off, keyed by
+        task (``None`` when untargeted), or by (task, target example) with ``over="queries"``."""
         ranked = {t: items[resolution.skipped:] for t, items in candidates.items()}
+        turn = self.duplicate == "turn"
         if self.budget_per_task:
-            return per_task(ranked, resolution.rows)
-        return round_robin(ranked, resolution.rows, uses_turn=self.duplicate == "turn")
+            return per_task(ranked, resolution.rows, uses_turn=turn)
+        return round_robin(ranked, resolution.rows, uses_turn=turn)
+
+
+def _task(key):
+    """The task of a candidate list's key: the task itself, or the task of a (task, example) pair."""
+    return key[0] if isinstance(key, tuple) else key
 
 
 def _task_order(candidates) -> list:
-    return sorted(candidates, key=lambda t: "" if t is None else t)
+    return sorted(candidates, key=lambda t: ("" if _task(t) is None else _task(t), t[1] if isinstance(t, tuple) else 0))
 
 
 def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int,
@@ -147,7 +165,8 @@ def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int,
     """Tasks in turn (sorted by name), each its best remaining id, until k ids are taken.
 
     A task that meets an id already taken records itself on it, then takes its next id, or with
-    ``uses_turn`` ends its turn there. One task is plain top-k.
+    ``uses_turn`` ends its turn there. One task is plain top-k. Keys may be (task, example)
+    pairs: every target example then takes its turn, and the pick records its task.
     """
     pointers = {t: 0 for t in candidates}
     chosen: dict[str, Pick] = {}
@@ -156,15 +175,15 @@ def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int,
         for task in list(active):
             if len(chosen) >= k:
                 break
-            items = candidates[task]
+            items, name = candidates[task], _task(task)
             while pointers[task] < len(items):
                 rid = items[pointers[task]][1]
                 pointers[task] += 1
                 if rid not in chosen:
-                    chosen[rid] = Pick(len(chosen) + 1, () if task is None else (task,))
+                    chosen[rid] = Pick(len(chosen) + 1, () if name is None else (name,))
                     break
-                if task is not None and task not in chosen[rid].tasks:
-                    chosen[rid] = Pick(chosen[rid].rank, chosen[rid].tasks + (task,))
+                if name is not None and name not in chosen[rid].tasks:
+                    chosen[rid] = Pick(chosen[rid].rank, chosen[rid].tasks + (name,))
                 if uses_turn:
                     break
             else:
@@ -172,15 +191,20 @@ def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int,
     return chosen
 
 
-def per_task(candidates: dict[str | None, list[tuple[float, str]]], k: int) -> dict[str, Pick]:
-    """Each task's own top k; ranks interleave the tasks (each task's 1st, then each one's 2nd)."""
+def per_task(candidates: dict, k: int, uses_turn: bool = False) -> dict[str, Pick]:
+    """Each task's own k rows (its top k, or round-robin over its target examples); ranks
+    interleave the tasks (each task's 1st, then each one's 2nd)."""
+    groups: dict = {}
+    for key in candidates:
+        groups.setdefault(_task(key), {})[key] = candidates[key]
+    own = {task: sorted(round_robin(group, k, uses_turn).items(), key=lambda kv: kv[1].rank)
+           for task, group in groups.items()}
     chosen: dict[str, Pick] = {}
     for j in range(k):
-        for task in _task_order(candidates):
-            items = candidates[task]
-            if j >= len(items):
+        for task in _task_order(own):
+            if j >= len(own[task]):
                 continue
-            rid = items[j][1]
+            rid = own[task][j][0]
             if rid in chosen:
                 if task is not None and task not in chosen[rid].tasks:
                     chosen[rid] = Pick(chosen[rid].rank, chosen[rid].tasks + (task,))
