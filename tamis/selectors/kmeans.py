@@ -79,7 +79,6 @@ class KMeansSelector(Selector):
 
     name = "kmeans"
     prepared_type = KMeansPrepared
-    custom_selection = True
 
     def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "mean", text: str = "all",
                  k: int | None = None, sample_size: int = 10_000, niter: int = 50, nredo: int = 1,
