@@ -13,14 +13,15 @@ tamis, and checks:
 * parameters: explicit keyword parameters with defaults, stored unchanged, ``get_params`` and
   ``from_params`` round-trip, an unknown name is refused;
 * a selector that needs targets refuses to set up without them;
-* ``prepare`` returns a JSON-able dict;
+* ``prepare`` returns its ``prepared_type``, which goes through JSON and back unchanged;
 * the columns declared before setup are exactly the columns ``score`` returns, one value per
   record, of the declared types (float columns already float32), score columns named
   ``score_<name>...`` and finite on these well-formed rows;
 * determinism: scoring the same rows twice gives the same bits, and a second worker (a new
   instance, set up on the same prepared record) agrees to the bit;
 * batch independence: scoring in two batches gives what one batch gives (1e-5 for floats);
-* ``setup`` leaves the parameters as they were.
+* ``setup`` leaves the parameters as they were;
+* ``selection_rule()`` returns a rule, and a table rule sets only declared columns.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import pyarrow as pa
 
 from .demo import demo_dir
 from .selectors import PoolSample, Prepared, RunContext, Selector
+from .selectors.rules import Rule, TableRule
 
 CONTEXT = RunContext(max_length=64, batch_tokens=2048)
 
@@ -196,9 +198,19 @@ def check_fit_keeps_parameters(case: _Case) -> None:
     assert case.fitted.get_params() == case.new().get_params(), "setup must not change the parameters"
 
 
+def check_selection_rule(case: _Case) -> None:
+    """The rule is declared from the parameters alone, and a table rule reads and sets declared columns."""
+    rule = case.new().selection_rule()
+    assert isinstance(rule, Rule), f"selection_rule() must return a tamis.selectors.rules rule, got {rule!r}"
+    if isinstance(rule, TableRule):
+        declared = {f.name for f in case.new().columns(case.tasks)}
+        own = {f.name for f in rule.fields}
+        assert own <= declared, f"the rule sets columns {sorted(own - declared)} the selector does not declare"
+
+
 CHECKS: list[Callable[[_Case], None]] = [
     check_parameters, check_refuses_to_fit_without_targets, check_declared_columns, check_deterministic,
-    check_batch_independent, check_fit_keeps_parameters,
+    check_batch_independent, check_fit_keeps_parameters, check_selection_rule,
 ]
 
 
