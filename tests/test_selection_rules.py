@@ -112,6 +112,16 @@ def test_budget_per_task_and_duplicates_turn_through_the_pipeline(tmp_path, targ
         mine = {rid for rid, tasks in zip(ids, table.column("selected_for").to_pylist()) if task in tasks}
         assert mine == top
     assert 8 < per.counts["selected"] <= 16
+    # The same options on reselect, from the CLI: the shared run, reselected per task, picks the same rows.
+    from typer.testing import CliRunner
+
+    from tamis.cli import app
+
+    res = CliRunner().invoke(app, ["reselect", str(tmp_path / "shared"), "--budget", "8", "--budget-per-task"])
+    assert res.exit_code == 0, res.output
+    again = pq.read_table(tmp_path / "shared" / "shards")
+    assert again.column("selected").to_pylist() == table.column("selected").to_pylist()
+    assert again.column("selected_for").to_pylist() == table.column("selected_for").to_pylist()
 
 
 def test_round_robin_over_target_examples_gives_each_its_share(tmp_path, targets_dir, tiny_encoder, one_thread):

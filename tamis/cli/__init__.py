@@ -144,13 +144,16 @@ def reselect(
     runner: str = typer.Option("DirectRunner", "--runner"),
     workers: int = typer.Option(1, "--workers"),
     task: Optional[list[str]] = typer.Option(None, "--task", help="select for these tasks only (repeatable)"),
+    budget_per_task: Optional[bool] = typer.Option(None, "--budget-per-task/--shared-budget", help="as tamis select; default: as the run was made"),
+    duplicates: Optional[str] = typer.Option(None, "--duplicates", help="as tamis select (next or turn); default: as the run was made"),
 ):
     """Select again with a new budget, reusing the scores (no model runs)."""
     from ..pipeline.run import run_reselect
 
     ValidationError, error_line, user_errors = _user_errors()
     try:
-        summary = run_reselect(out, budget, runner=runner, workers=workers, tasks=task or None)
+        summary = run_reselect(out, budget, runner=runner, workers=workers, tasks=task or None,
+                               budget_per_task=budget_per_task, duplicates=duplicates)
     except ValidationError as e:
         fail(error_line(e))
     except user_errors as e:

@@ -273,13 +273,15 @@ def to_json(prepared: Prepared | None) -> dict | None:
 
 
 def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers: int = 1,
-                 beam_args: list[str] | None = None, tasks: list[str] | None = None) -> RunSummary:
+                 beam_args: list[str] | None = None, tasks: list[str] | None = None,
+                 budget_per_task: bool | None = None, duplicates: str | None = None) -> RunSummary:
     """Select again on a finished run with a new budget, without scoring again.
 
     It acts on the folder ``out`` as it lies now (a copied or moved run works where it is), not on
     the path its manifest recorded. ``tasks`` restricts the selection to some of the run's tasks
     (for example one task's top-k from a run that scored several); by default the tasks the run
-    was made with.
+    was made with. ``budget_per_task`` and ``duplicates`` change the rule's options (default: as
+    the run was made).
     """
     folder = RunFolder(out)
     folder.require_exists()  # before the lock, which would create the folder
@@ -287,6 +289,7 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
         manifest = folder.require_reselectable()
         data = dict(manifest["config"], out=folder.path, budget=budget, runner=runner, workers=workers,
                     beam_args=beam_args or [])
+        data.update({k: v for k, v in (("budget_per_task", budget_per_task), ("duplicates", duplicates)) if v is not None})
         config = SelectConfig(**data)
         columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
         if tasks:
@@ -313,6 +316,7 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
         manifest["counts"] = counts
         manifest["notes"], resolution = run_notes(counts, ranking, config.decontaminate)
         manifest["resolved"]["selection"] = asdict(resolution)
+        manifest["resolved"]["rule"] = describe_rule(ranking.rule)
         manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
         manifest["timings"]["reselect_s"] = time.perf_counter() - t0
         _merge_selection_report(manifest, folder)
