@@ -59,7 +59,7 @@ class Resolution:
         each = " per task" if self.per_task else ""
         if self.budget >= 1 and int(self.budget) > self.eligible - self.skipped:
             return [f"budget {int(self.budget)} is more than the {self.eligible - self.skipped} eligible rows"
-                    + (f" left after the skip window" if self.skipped else "")
+                    + (" left after the skip window" if self.skipped else "")
                     + f": at most {self.rows} can be selected{each}"]
         if self.rows == 0:
             return [f"budget {self.budget:g} of {self.eligible} eligible rows rounds down to 0 rows: nothing selected "
