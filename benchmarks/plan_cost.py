@@ -37,7 +37,7 @@ def best(fn, repeats: int) -> tuple[float, object]:
 def plan_parts(pool: str, targets: dict[str, str], repeats: int) -> dict:
     from tamis.io.filesystems import file_digest
     from tamis.pipeline.chunks import count_lines
-    from tamis.pipeline.run import target_digests
+    from tamis.pipeline.plan import target_digests
     from tamis.pipeline.sources import expand, read_targets
 
     out: dict = {}

@@ -5,81 +5,11 @@ from pathlib import Path
 from typing import Any
 
 
-def load_config(config: str | Path | dict | None = None, *, check_here: bool = True, **overrides: Any):
-    """A validated SelectConfig from a YAML file or mapping, with keyword overrides on top.
+def load_config(config: str | Path | dict | None = None, **overrides: Any):
+    """A validated SelectConfig from a YAML file or mapping, with keyword overrides on top."""
+    from .pipeline.plan import load_config
 
-    Everything that can be checked before anything loads is checked here, each failure one
-    ConfigError line (or pydantic's ValidationError, which the CLI prints as one line): the
-    file itself, every key and value, each selector's parameters against its constructor's
-    annotations, and (``check_here``, for runs whose models load on this machine) whether the
-    device exists.
-    """
-    from .errors import ConfigError
-    from .schemas.config import SelectConfig
-
-    data: dict[str, Any] = {}
-    if isinstance(config, (str, Path)):
-        data = read_yaml_config(Path(config))
-    elif isinstance(config, dict):
-        data = dict(config)
-    elif config is not None:
-        raise ConfigError(f"config must be a YAML file path or a mapping, got {type(config).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("pool", "selector", "beam_args"):  # one value where a list is expected
-        if isinstance(data.get(key), (str, Path)):
-            data[key] = [data[key]]
-    cfg = SelectConfig(**data)
-    check_selector_params(cfg)
-    if check_here and cfg.runner in LOCAL_RUNNERS:
-        from .models.devices import check_device
-
-        check_device(cfg.device)
-    return cfg
-
-
-#: Runners whose models load on this machine (so the device must exist here).
-LOCAL_RUNNERS = ("DirectRunner", "direct", "PrismRunner", "prism")
-
-
-def read_yaml_config(path: str | Path) -> dict[str, Any]:
-    """A --config file as a mapping, or one ConfigError line saying what is wrong with it."""
-    import yaml
-
-    from .errors import ConfigError
-    from .schemas.config import yaml_problem
-
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--config {path}: is a folder; expected a YAML file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--config {path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"--config {path}: cannot be read ({e.strerror or e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({yaml_problem(e)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a YAML mapping of config keys, got a {type(data).__name__}")
-    return data
-
-
-def check_selector_params(cfg) -> None:
-    """Every selector named, and every parameter type-checked, before anything loads."""
-    from .errors import ConfigError
-    from .selectors import registry
-
-    for name in cfg.selector:
-        registry.get(name).check_params(cfg.params_for(name))
-    unknown = {k.partition(".")[0] for k in cfg.param if "." in k} - set(cfg.selector)
-    if unknown:
-        raise ConfigError(f"--param scoped to a selector not in this run: {sorted(unknown)}")
+    return load_config(config, **overrides)
 
 
 def select(config: str | Path | dict | None = None, *, progress: bool = False, **overrides: Any):

@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 from tamis.selectors import Selector
+from tamis.selectors.rules import Choice, TableRule
 
 CALLS = itertools.count(1)
 
@@ -69,11 +70,25 @@ class Length(Selector):
         return {"score_length": np.array([_chars(r) for r in records], dtype=np.float32)}
 
 
+class Longest(TableRule):
+    """Longest rows first, seeing every eligible row. With ``gate``, waits until the file ``gate``
+    exists (holds pass 2)."""
+    inputs = ("score_pick",)
+
+    def __init__(self, gate: str = ""):
+        self.gate = gate
+
+    def choose(self, table, k, seed, records):
+        if self.gate:
+            _wait(self.gate)
+        scores = table.column("score_pick").to_numpy(zero_copy_only=False)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return Choice(table.take(order).column("id").to_pylist())
+
+
 class Pick(Selector):
-    """Longest rows first, by a selection rule of its own. With ``gate``, the rule waits until
-    the file ``gate`` exists (holds pass 2)."""
+    """Longest rows first, by a table rule of its own."""
     name = "pick"
-    custom_selection = True
 
     def __init__(self, gate: str = ""):
         self.gate = gate
@@ -81,12 +96,8 @@ class Pick(Selector):
     def score(self, records):
         return {"score_pick": np.array([_chars(r) for r in records], dtype=np.float32)}
 
-    def select(self, table, k, context):
-        if self.gate:
-            _wait(self.gate)
-        scores = table.column("score_pick").to_numpy(zero_copy_only=False)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return table.take(order).select(["id"])
+    def selection_rule(self):
+        return Longest(self.gate)
 '''
 
 

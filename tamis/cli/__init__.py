@@ -154,7 +154,9 @@ def select(
     target: Optional[list[str]] = typer.Option(None, "--target", help="task=path of target examples (repeatable)"),
     selector: Optional[list[str]] = typer.Option(None, "--selector", help="selector name (repeatable); see `tamis selectors`"),
     select_by: Optional[str] = typer.Option(None, "--select-by", help="the selector whose scores drive the selection"),
-    budget: Optional[float] = typer.Option(None, "--budget", help="rows to select: <1 a fraction of accepted rows, >=1 a count"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="rows to select: <1 a fraction of the eligible rows (accepted, not a target match; a skip window comes off the top), >=1 a count"),
+    budget_per_task: Optional[bool] = typer.Option(None, "--budget-per-task/--shared-budget", help="each task takes the whole budget (LESS, CoLoR-Filter references), or tasks share it round-robin (default)"),
+    duplicates: Optional[str] = typer.Option(None, "--duplicates", help="round-robin: a task whose best row is taken takes its next (next, default) or loses its turn (turn, RDS+ reference)"),
     param: Optional[list[str]] = typer.Option(None, "--param", help="selector parameter key=value or name.key=value (repeatable)"),
     out: Optional[str] = typer.Option(None, "--out", help="output folder"),
     shard_rows: Optional[int] = typer.Option(None, "--shard-rows", help="rows per work unit and output shard"),
@@ -180,6 +182,7 @@ def select(
     from ..schemas.config import parse_param_pairs, parse_target_pairs
 
     overrides = dict(pool=pool or None, selector=selector or None, select_by=select_by, budget=budget, out=out,
+                     budget_per_task=budget_per_task, duplicates=duplicates,
                      shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
                      decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
                      workers=workers, overwrite=overwrite, score_attempts=score_attempts, beam_args=list(ctx.args) or None)
@@ -208,13 +211,15 @@ def reselect(
     runner: str = typer.Option("DirectRunner", "--runner"),
     workers: int = typer.Option(1, "--workers"),
     task: Optional[list[str]] = typer.Option(None, "--task", help="select for these tasks only (repeatable)"),
+    budget_per_task: Optional[bool] = typer.Option(None, "--budget-per-task/--shared-budget", help="as tamis select; default: as the run was made"),
+    duplicates: Optional[str] = typer.Option(None, "--duplicates", help="as tamis select (next or turn); default: as the run was made"),
 ):
     """Select again with a new budget, reusing the scores (no model runs)."""
     from ..pipeline.run import run_reselect
     from ..schemas.config import check_budget
 
     summary = run_reselect(out, check_budget(budget), runner=runner, workers=workers, beam_args=list(ctx.args),
-                           tasks=task or None)
+                           tasks=task or None, budget_per_task=budget_per_task, duplicates=duplicates)
     print_counts(summary.counts, notes=summary.manifest.get("notes"))
 
 

@@ -51,7 +51,7 @@ def train_proxy(
     from pydantic import ValidationError
     from transformers.utils import logging as hf_logging
 
-    from ..api import read_yaml_config
+    from ..pipeline.plan import read_yaml_config
     from ..errors import ConfigError
     from ..models.build import build_proxy
     from ..models.devices import check_device

@@ -11,7 +11,6 @@ Local runners share the launcher's disk: nothing is copied for them.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,17 @@ from typing import Any
 from ..io.filesystems import publish, tree_digest
 from ..io.runfolder import RunFolder
 from ..models.loading import localize
+from ..selectors.base import Prepared
 from .options import local_paths
 
 ARTIFACTS = "_work/artifacts"
 _MARK = f"/{ARTIFACTS}/"
 
 
-def publish_prepared(prepared: dict[str, Any], folder: RunFolder) -> tuple[dict[str, Any], list[dict]]:
+def publish_prepared(prepared: dict[str, Prepared | None], folder: RunFolder) -> tuple[dict[str, Any], list[dict]]:
     """The prepared records with every local path replaced by its published copy, and what was published."""
-    found = sorted({p for p in local_paths(prepared) if os.path.exists(p)}, key=len)
+    data = {name: None if rec is None else rec.to_json() for name, rec in prepared.items()}
+    found = sorted({p for p in local_paths(data) if os.path.exists(p)}, key=len)
     roots: dict[str, dict] = {}  # local root -> its published description
     for path in found:
         if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
@@ -44,15 +45,24 @@ def publish_prepared(prepared: dict[str, Any], folder: RunFolder) -> tuple[dict[
                     return info["uri"] + value[len(root):]
         return value
 
-    return rewrite(prepared), list(roots.values())
+    return ({name: None if rec is None else type(rec).from_json(rewrite(data[name])) for name, rec in prepared.items()},
+            list(roots.values()))
 
 
-def localize_prepared(prepared: Any, used: list[dict] | None = None) -> Any:
+def localize_prepared(prepared: Prepared | None, used: list[dict] | None = None) -> Prepared | None:
     """On a worker: every published artifact the record names, copied to this machine once and checked."""
+    if prepared is None:
+        return None
+    data = prepared.to_json()
+    local = _localize(data, used)
+    return prepared if local == data else type(prepared).from_json(local)
+
+
+def _localize(prepared: Any, used: list[dict] | None) -> Any:
     if isinstance(prepared, dict):
-        return {k: localize_prepared(v, used) for k, v in prepared.items()}
+        return {k: _localize(v, used) for k, v in prepared.items()}
     if isinstance(prepared, (list, tuple)):
-        return [localize_prepared(v, used) for v in prepared]
+        return [_localize(v, used) for v in prepared]
     if not (isinstance(prepared, str) and "://" in prepared and _MARK in prepared):
         return prepared
     base, _, rest = prepared.partition(_MARK)
@@ -68,5 +78,3 @@ def localize_prepared(prepared: Any, used: list[dict] | None = None) -> Any:
     return str(Path(local) / below) if below else local
 
 
-def describe(artifacts: list[dict]) -> str:
-    return json.dumps(artifacts, sort_keys=True)

@@ -165,7 +165,7 @@ def check_prepared(config, prepared: dict) -> None:
     if not where:
         return
     for name, record in prepared.items():
-        paths = local_paths(record)
+        paths = local_paths(record.to_json() if hasattr(record, "to_json") else record)
         if paths:
             raise OptionsError(f"selector {name}: prepare() hands the workers {paths[0]}, a path on this machine's disk "
                                f"that workers on {where} cannot read")

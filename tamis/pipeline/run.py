@@ -8,32 +8,25 @@ records its state (scoring, selecting, finished) for readers.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..io.filesystems import file_digest, read_parquet_metadata, use_beam_options
-from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder, content_digest
+from ..io.filesystems import read_parquet_metadata, use_beam_options
+from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder
 from ..schemas.config import SelectConfig
-from ..schemas.output import output_schema
 from ..schemas.records import content_key
-from ..selectors import registry
-from ..selectors.base import RunContext
-from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
+from ..selectors.base import Prepared
+from ..selectors.rules import SELECTION_REPORT, Resolution
 from .artifacts import publish_prepared
+from .chunks import ReadChunks, ValidateChunk
 from .options import check_options, check_prepared, pipeline_options, workers_elsewhere
+from .plan import Plan
 from .scoring import SelectorModelHandler, WriteShard, models_used
-from .selection import SELECTION_REPORT, Ranking, selection_pipeline
-from .sources import expand, read_records, read_targets
-
-# Config keys that do not change any score: a run that differs only in these resumes.
-_NOT_SCORING = {"budget", "out", "runner", "workers", "beam_args", "overwrite", "select_by", "decontaminate",
-                "score_attempts"}
-
+from .selection import Ranking, selection_pipeline
+from .sources import read_targets
 
 @dataclass
 class RunSummary:
@@ -42,39 +35,6 @@ class RunSummary:
     timings: dict[str, float]
     chunks: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
-
-
-def scoring_key(config: SelectConfig, files: list[dict], targets: dict | None) -> str:
-    """What the scores depend on: the scoring config, each input file's content, the targets' content."""
-    payload = {k: v for k, v in config.model_dump().items() if k not in _NOT_SCORING}
-    payload["files"] = [[f["path"], f["bytes"], f["sha256"]] for f in files]
-    payload["targets"] = target_digests(targets)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def target_digests(targets: dict | None) -> dict[str, str]:
-    """Task -> a hash of its parsed target examples (what decontamination and the scores see)."""
-    return {task: content_digest(examples) for task, examples in sorted((targets or {}).items())}
-
-
-def make_plan(config: SelectConfig, paths: list[str], targets: dict | None) -> dict:
-    """The resume key and what it covers (kept in ``_work/plan.json`` to say what changed)."""
-    files = [file_digest(p) for p in paths]
-    return {"scoring_key": scoring_key(config, files, targets), "files": files, "targets": target_digests(targets)}
-
-
-def build_selectors(config: SelectConfig, targets: dict | None):
-    """Instantiate (not set up) each selector: validates parameters and targets early."""
-    selectors = []
-    for name in config.selector:
-        selector = registry.create(name, config.params_for(name))
-        if selector.needs_target and not targets:
-            raise ValueError(f"selector {name!r} needs --target (task=path)")
-        selectors.append(selector)
-    unknown = {k.partition(".")[0] for k in config.param if "." in k} - set(config.selector)
-    if unknown:
-        raise ValueError(f"--param scoped to a selector not in this run: {sorted(unknown)}")
-    return selectors
 
 
 class _Progress:
@@ -123,54 +83,37 @@ def _metrics(result) -> dict[str, Any]:
     return out
 
 
-def run_context(config: SelectConfig) -> RunContext:
-    return RunContext(device=config.device, dtype=config.dtype, max_length=config.max_length,
-                      batch_tokens=config.batch_tokens, seed=config.seed, work_dir=RunFolder(config.out).work_dir,
-                      score_attempts=config.score_attempts)
-
-
-def prepare_selectors(config: SelectConfig, selectors, targets) -> dict[str, dict]:
-    """Each selector's once-per-run preparation (proxy training, fits) on a pool sample."""
-    from ..selectors.base import PoolSample
-
-    pool = PoolSample(lambda: read_records(config.pool))
-    context = run_context(config)
-    return {s.name: s.prepare(pool, targets, context) or {} for s in selectors}
-
-
-def score_pipeline(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
-                   prepared: dict[str, dict] | None = None, pipeline=None):
+def score_pipeline(plan: Plan, done: set[str], prepared: dict | None = None, pipeline=None):
     """Pass 1's graph, built and not run (``tamis select --dry-run`` and the Flex Template use it too)."""
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
 
     prepared = prepared or {}
-    handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name, {})) for s in selectors],
-                                   targets, run_context(config))
-    target_keys = frozenset(content_key(r) for examples in (targets or {}).values() for r in examples)
-    pipeline = pipeline or beam.Pipeline(options=pipeline_options(config))
+    handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name)) for s in plan.selectors],
+                                   plan.targets, plan.context())
+    target_keys = frozenset(content_key(r) for examples in (plan.targets or {}).values() for r in examples)
+    pipeline = pipeline or beam.Pipeline(options=pipeline_options(plan.config))
     _ = (pipeline
-         | "Files" >> beam.Create(files)
+         | "Files" >> beam.Create(plan.files)
          | "ReadChunks" >> beam.ParDo(ReadChunks(frozenset(done)))
          | "Distribute" >> beam.Reshuffle()
          | "Validate" >> beam.ParDo(ValidateChunk(target_keys))
          | "AsBatch" >> beam.Map(lambda chunk: [chunk])
          | "Score" >> RunInference(handler.with_no_batching())
-         | "WriteShards" >> beam.ParDo(WriteShard(config.out, schema)))
+         | "WriteShards" >> beam.ParDo(WriteShard(plan.config.out, plan.schema)))
     return pipeline
 
 
-def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
-               progress: bool, prepared: dict[str, dict] | None = None) -> dict[str, Any]:
-    pipeline = score_pipeline(config, files, done, targets, selectors, schema, prepared)
-    total = sum(f.n_chunks for f in files)
-    with _Progress(RunFolder(config.out), total, len(done), progress and config.runner != "DataflowRunner"):
+def score_pass(plan: Plan, done: set[str], progress: bool, prepared: dict) -> dict[str, Any]:
+    pipeline = score_pipeline(plan, done, prepared)
+    config = plan.config
+    with _Progress(RunFolder(config.out), len(plan.chunks), len(done), progress and config.runner != "DataflowRunner"):
         result = pipeline.run()
         result.wait_until_finish()
     return _metrics(result)
 
 
-def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[str, Any]:
+def select_pass(config: SelectConfig, ranking: Ranking) -> dict[str, Any]:
     import apache_beam as beam
 
     folder = RunFolder(config.out)
@@ -181,7 +124,7 @@ def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[s
     rows = sum(_shard_meta(p)[0] for p in shards)
     # Reading ids and scores is cheap: local worker processes would cost more to start than they save.
     pipeline = beam.Pipeline(options=pipeline_options(config, workers=1))
-    selection_pipeline(pipeline, folder.path, shards, ranking, budget, rows)
+    selection_pipeline(pipeline, folder.path, shards, ranking, rows)
     result = pipeline.run()
     result.wait_until_finish()
     return _metrics(result)
@@ -229,17 +172,12 @@ def check_counts(counts: dict[str, int]) -> None:
         raise RuntimeError(f"accounting identity broken (input == accepted + rejected, selected <= accepted): {counts}")
 
 
-def run_notes(counts: dict[str, int], budget: float, decontaminate: bool) -> list[str]:
-    """Outcomes a user may not expect, in words: the CLI prints them and the manifest keeps them."""
-    eligible = counts["accepted"] - (counts["matches_target"] if decontaminate else 0)
+def run_notes(counts: dict[str, int], ranking: Ranking, decontaminate: bool) -> tuple[list[str], Resolution]:
+    """Outcomes a user may not expect, in words, from the same budget resolution the selection used."""
+    resolution = ranking.resolve(counts["accepted"] - (counts["matches_target"] if decontaminate else 0))
     if counts["accepted"] == 0:
-        return ["no accepted rows (an empty pool, or every line rejected): nothing was scored or selected"]
-    if budget >= 1 and budget > eligible:
-        return [f"budget {int(budget)} is more than the {eligible} eligible rows: at most {eligible} can be selected"]
-    if budget < 1 and math.floor(budget * eligible) == 0:
-        return [f"budget {budget} of {eligible} eligible rows rounds down to 0 rows: nothing selected "
-                "(give a row count instead)"]
-    return []
+        return ["no accepted rows (an empty pool, or every line rejected): nothing was scored or selected"], resolution
+    return resolution.notes(), resolution
 
 
 def _versions() -> dict[str, str]:
@@ -264,14 +202,6 @@ def _merge_selection_report(manifest: dict, folder: RunFolder) -> None:
         manifest.pop("selection_report", None)
 
 
-def custom_rule(driver, prepared: dict, targets, config: SelectConfig) -> tuple | None:
-    """What pass 2 needs to rebuild the driving selector and run its own selection rule."""
-    if not driver.custom_selection:
-        return None
-    inputs = driver.selection_inputs(driver.task_names(targets))
-    return (driver.name, driver.get_params(), prepared.get(driver.name, {}), targets, run_context(config), inputs)
-
-
 def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     """Score and select: the whole ``tamis select`` run, holding the run folder's lock throughout."""
     timings: dict[str, float] = {}
@@ -279,27 +209,16 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     use_beam_options(config.beam_args)  # s3/gcs endpoint and credentials, before the first read
     folder = RunFolder(config.out)
     check_options(config)  # before any work: a bad option fails here, not after the proxy training
-    targets = read_targets(config.target) if config.target else None
-    selectors = build_selectors(config, targets)
-    driver = next(s for s in selectors if s.name == config.driver)
-    columns = [c for s in selectors for c in s.columns(s.task_names(targets))]
-    schema = output_schema(columns)
-    missing = sorted(set(driver.selection_inputs(driver.task_names(targets))) - set(schema.names)) \
-        if driver.custom_selection else []
-    if missing:
-        raise ValueError(f"selector {driver.name!r} selects by column(s) {missing} that no selector in this run "
-                         f"writes (columns: {', '.join(schema.names)})")
-    paths = expand(config.pool)
+    plan = Plan.build(config)
     with folder.lock():
-        files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
-        done = folder.prepare(make_plan(config, paths, targets), config.overwrite)
-        planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
-        folder.save_targets(targets)
-        folder.set_state(SCORING, by="select", chunks=len(planned))
+        plan.count_files()
+        done = folder.prepare(plan.resume_key(), config.overwrite) & plan.chunks
+        folder.save_targets(plan.targets)
+        folder.set_state(SCORING, by="select", chunks=len(plan.chunks))
         timings["plan_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        prepared = prepare_selectors(config, selectors, targets)
+        prepared = plan.prepare()
         artifacts: list[dict] = []
         if workers_elsewhere(config):  # workers share no disk with this machine: publish under OUT
             prepared, artifacts = publish_prepared(prepared, folder)
@@ -307,55 +226,70 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
         timings["prepare_s"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
-        reused = done & planned
         # Nothing left to score (a finished or Flex-launched pass 1): only the selection runs.
-        metrics = score_pass(config, files, reused, targets, selectors, schema, progress, prepared) if planned - reused else {}
+        metrics = score_pass(plan, done, progress, prepared) if plan.chunks - done else {}
         timings["score_s"] = time.perf_counter() - t1
 
-        budget = config.budget if config.budget is not None else driver.default_budget
-        ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate, driver.skip_top(),
-                          custom_rule(driver, prepared, targets, config))
-        folder.set_state(SELECTING, by="select", chunks=len(planned))
+        ranking = plan.ranking(prepared)
+        folder.set_state(SELECTING, by="select", chunks=len(plan.chunks))
         t2 = time.perf_counter()
-        metrics.update(select_pass(config, ranking, budget))
+        metrics.update(select_pass(config, ranking))
         timings["select_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
 
         counts = count_outputs(folder.path)
         check_counts(counts)
+        notes, resolution = run_notes(counts, ranking, config.decontaminate)
         manifest = {
             "tamis_manifest": 1,
             "config": config.model_dump(),
-            "resolved": {"budget": budget, "select_by": config.driver, "tasks": sorted(targets or {}),
-                         "skip_top": ranking.skip_top,
+            "resolved": {"budget": ranking.budget.value, "select_by": config.driver, "tasks": plan.tasks,
+                         "rule": describe_rule(ranking.rule), "skip_top": ranking.rule.skip.fraction,
+                         "selection": asdict(resolution),
                          "ranking_columns": {str(k): v for k, v in ranking.task_columns.items()},
-                         "files": paths, "schema": [f"{f.name}: {f.type}" for f in schema]},
+                         "files": plan.paths, "schema": [f"{f.name}: {f.type}" for f in plan.schema]},
             "versions": _versions(),
-            "models": {k: v for s in selectors for k, v in s.model_info().items()},
+            "models": {k: v for s in plan.selectors for k, v in s.model_info().items()},
             "worker_models": models_used(folder.shards()),
-            "prepared": prepared,
+            "prepared": {name: to_json(p) for name, p in prepared.items()},
             "artifacts": artifacts,
-            "targets": {t: len(v) for t, v in (targets or {}).items()},
+            "targets": {t: len(v) for t, v in (plan.targets or {}).items()},
             "counts": counts,
-            "chunks": {"planned": len(planned), "reused": len(reused), "computed": len(planned - reused)},
-            "notes": run_notes(counts, budget, config.decontaminate),
+            "chunks": {"planned": len(plan.chunks), "reused": len(done), "computed": len(plan.chunks - done)},
+            "notes": notes,
             "timings": timings,
             "metrics": metrics,
         }
         _merge_selection_report(manifest, folder)
         folder.write_json(MANIFEST, manifest)
-        folder.set_state(FINISHED, by="select", chunks=len(planned))
+        folder.set_state(FINISHED, by="select", chunks=len(plan.chunks))
     return RunSummary(config.out, counts, timings, manifest["chunks"], manifest)
 
 
+def describe_rule(rule) -> dict:
+    """The rule as the manifest records it: its class and its compared options."""
+    import dataclasses
+
+    options = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.compare} \
+        if dataclasses.is_dataclass(rule) else {}
+    return json.loads(json.dumps({"rule": type(rule).__name__, **options}, default=lambda o: asdict(o)))
+
+
+def to_json(prepared: Prepared | None) -> dict | None:
+    """A prepared record as the manifest keeps it."""
+    return None if prepared is None else prepared.to_json()
+
+
 def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers: int = 1,
-                 beam_args: list[str] | None = None, tasks: list[str] | None = None) -> RunSummary:
+                 beam_args: list[str] | None = None, tasks: list[str] | None = None,
+                 budget_per_task: bool | None = None, duplicates: str | None = None) -> RunSummary:
     """Select again on a finished run with a new budget, without scoring again.
 
     It acts on the folder ``out`` as it lies now (a copied or moved run works where it is), not on
     the path its manifest recorded. ``tasks`` restricts the selection to some of the run's tasks
     (for example one task's top-k from a run that scored several); by default the tasks the run
-    was made with.
+    was made with. ``budget_per_task`` and ``duplicates`` change the rule's options (default: as
+    the run was made).
     """
     use_beam_options(beam_args or [])  # s3/gcs endpoint and credentials, before the first read
     folder = RunFolder(out)
@@ -364,6 +298,7 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
         manifest = folder.require_reselectable()
         data = dict(manifest["config"], out=folder.path, budget=budget, runner=runner, workers=workers,
                     beam_args=beam_args or [])
+        data.update({k: v for k, v in (("budget_per_task", budget_per_task), ("duplicates", duplicates)) if v is not None})
         config = SelectConfig(**data)
         columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
         if tasks:
@@ -376,20 +311,21 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
         if targets is None:
             targets = read_targets(config.target) if config.target else None
         targets = targets or None
-        driver = next(s for s in build_selectors(config, targets) if s.name == config.driver)
-        ranking = Ranking(columns, config.decontaminate, float(manifest["resolved"].get("skip_top", 0.0)),
-                          custom_rule(driver, manifest.get("prepared", {}), targets, config))
+        plan = Plan.build(config, targets)
+        ranking = plan.ranking(plan.prepared_from_json(manifest.get("prepared", {})), columns)
         chunks = (folder.state() or {}).get("chunks")
         folder.set_state(SELECTING, by="reselect", chunks=chunks)
         t0 = time.perf_counter()
-        select_pass(config, ranking, budget)
+        select_pass(config, ranking)
         counts = count_outputs(folder.path)
         check_counts(counts)
         manifest["config"] = config.model_dump()
         manifest["resolved"]["budget"] = budget
         manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
         manifest["counts"] = counts
-        manifest["notes"] = run_notes(counts, budget, config.decontaminate)
+        manifest["notes"], resolution = run_notes(counts, ranking, config.decontaminate)
+        manifest["resolved"]["selection"] = asdict(resolution)
+        manifest["resolved"]["rule"] = describe_rule(ranking.rule)
         manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
         manifest["timings"]["reselect_s"] = time.perf_counter() - t0
         _merge_selection_report(manifest, folder)

@@ -1,7 +1,7 @@
 """Scoring through Beam's RunInference, and writing each chunk's shard.
 
 The ModelHandler's "model" is the list of fitted selectors: RunInference loads it once per
-worker (setup + fit on the targets) and reuses it for every chunk. Chunks arrive already
+worker (setup, with the prepared record and the targets) and reuses it for every chunk. Chunks arrive already
 batched (``with_no_batching``): Beam's BatchElements sizes batches by timing, which would make
 scores depend on the runner; the selectors batch inside a chunk by a token budget instead.
 """
@@ -48,8 +48,7 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
         artifacts: list[dict] = []  # what this worker copied from the run folder (remote workers only)
         for name, params, prepared in self._selectors:
             selector = registry.create(name, params)
-            selector.setup(self._context)
-            selector.fit(self._targets, localize_prepared(prepared, artifacts))
+            selector.setup(self._context, localize_prepared(prepared, artifacts), self._targets)
             models.append(selector)
         models.info = worker_models(models, artifacts)
         models.counters_seen = {}  # selector counter -> the total already reported to Beam

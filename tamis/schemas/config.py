@@ -83,7 +83,13 @@ class SelectConfig(BaseModel):
     target: dict[str, str] = Field(default_factory=dict, description="task name -> target examples file")
     selector: list[str] = Field(default_factory=lambda: ["rds"], min_length=1, description="selectors to run, by registered name")
     select_by: str | None = Field(default=None, description="the selector that drives the selection (default: the first)")
-    budget: Number | None = Field(default=None, description="rows to select: <1 is a fraction of accepted rows, >=1 a count")
+    budget: Number | None = Field(default=None, description="rows to select: <1 a fraction of the eligible rows "
+                                  "(accepted, not a target match; a selector's skip window comes off the top), >=1 a count")
+    budget_per_task: Flag | None = Field(default=None, description="each task takes the whole budget, its own top rows "
+                                         "(the LESS and CoLoR-Filter references); default: tasks share it round-robin")
+    duplicates: Literal["next", "turn"] | None = Field(default=None, description="round-robin across tasks, when a task's "
+                                                       "best row is taken: take the next ('next', default) or lose the turn "
+                                                       "('turn', the RDS+ reference)")
     param: dict[str, Any] = Field(default_factory=dict, description="selector parameters; 'name.key' scopes one to a selector")
     shard_rows: Whole = Field(default=10_000, ge=1, description="rows per work unit and output shard")
     batch_tokens: Whole = Field(default=16_384, ge=64, description="padded tokens per model batch")

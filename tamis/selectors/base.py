@@ -2,13 +2,13 @@
 
 A selector is built from explicit keyword parameters (scikit-learn style: stored unchanged,
 introspected by :meth:`Selector.get_params`), then goes through a fixed lifecycle that the
-pipeline drives once per worker:
+pipeline drives (as NeMo Curator's stages do):
 
-0. ``prepare(pool, targets, context)``: once per run, before any scoring, on the launching
+1. ``prepare(pool, targets, context)``: once per run, before any scoring, on the launching
    machine: train or fit what every worker shares (proxy models, centroids) from a sample of
-   the pool, and return a small JSON-able dict of what workers need (paths, hashes);
-1. ``setup(context)``: load models once per worker (heavy imports go here, never at import);
-2. ``fit(targets, prepared)``: prepare on the target examples and the dict from ``prepare``;
+   the pool, and return a small JSON-able record of what workers need (paths, hashes);
+2. ``setup(context, prepared, targets)``: once per worker, load the models (heavy imports go
+   here, never at import) from that record and the target examples;
 3. ``score(records)``: score a batch of records, returning one array per declared column.
 
 The pipeline owns reading, batching across workers, selection and writing; a selector only
@@ -17,6 +17,7 @@ register it (``tamis.selectors.registry`` or the ``tamis.selectors`` entry-point
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import types
@@ -31,6 +32,7 @@ import pyarrow as pa
 from ..errors import ConfigError, TamisError
 from ..models.train import select_slice
 from ..schemas.output import score_column
+from .rules import Rule, TopK
 
 
 class PoolSample:
@@ -112,14 +114,31 @@ def describe_type(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` returns: the same record for every worker, and the manifest's JSON.
+
+    Subclass it with typed fields of plain JSON values (str, numbers, lists, dicts of them).
+    """
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Prepared | None":
+        return None if data is None else cls(**data)
+
+
 class Selector:
-    """Base class. Subclasses set ``name`` and implement ``score`` (and usually ``setup``/``fit``)."""
+    """Base class. Subclasses set ``name`` and implement ``score`` (and usually ``prepare``/``setup``)."""
 
     name: ClassVar[str] = ""
     #: True when the selector needs ``--target`` (RDS+, LESS, CoLoR-Filter).
     needs_target: ClassVar[bool] = False
     #: Default budget when the run gives none (a fraction below 1, or a count).
     default_budget: ClassVar[float] = 0.05
+    #: The type of the record ``prepare`` returns.
+    prepared_type: ClassVar[type[Prepared]] = Prepared
 
     def __init__(self) -> None:  # subclasses list their parameters explicitly
         pass
@@ -193,26 +212,22 @@ class Selector:
         return f"{type(self).__name__}({args})"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def prepare(self, pool: PoolSample, targets: dict[str, list[dict]] | None, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets: dict[str, list[dict]] | None, context: RunContext) -> Prepared:
         """Once per run, before scoring: train or fit shared state; return what workers need.
 
         Runs where the pipeline is launched. Anything expensive should go through a cache
         keyed by its inputs (the proxy layer's cache does), so a rerun is cheap.
         """
-        return {}
+        return self.prepared_type()
 
-    def setup(self, context: RunContext) -> None:
-        """Load models once per worker. Learned state gets a trailing underscore."""
-        self.context_ = context
-
-    def fit(self, targets: dict[str, list[dict]] | None, prepared: dict | None = None) -> "Selector":
-        """Prepare on the target examples (task -> records with an optional ``subtask``) and on
-        the dict ``prepare`` returned."""
+    def setup(self, context: RunContext, prepared: Prepared | None = None, targets: dict[str, list[dict]] | None = None) -> None:
+        """Once per worker: load the models, from what ``prepare`` returned and the target examples
+        (task -> records with an optional ``subtask``). Learned state gets a trailing underscore."""
         if self.needs_target and not targets:
             raise ConfigError(f"selector {self.name!r} needs --target")
+        self.context_ = context
+        self.prepared_ = prepared
         self.tasks_ = self.task_names(targets)
-        self.prepared_ = prepared or {}
-        return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         """Score a batch: one array of length ``len(records)`` per declared column."""
@@ -233,30 +248,10 @@ class Selector:
         """Every column this selector writes: its float32 score columns by default."""
         return [pa.field(c, pa.float32()) for c in self.score_columns(tasks).values()]
 
-    #: True when the selector picks rows by a rule of its own (``select``) instead of top-k.
-    custom_selection: ClassVar[bool] = False
-
-    def selection_inputs(self, tasks: list[str]) -> list[str]:
-        """Columns ``select`` reads (besides ``id``): by default this selector's own columns."""
-        return [f.name for f in self.columns(tasks)]
-
-    def selection_fields(self) -> list[pa.Field]:
-        """Columns set at selection time (for example the selection round); written null by
-        scoring and filled by ``select``. Declare them in ``columns`` too."""
-        return []
-
-    def select(self, table: pa.Table, k: int, context: RunContext) -> pa.Table:
-        """A selection rule of the selector's own. ``table`` holds ``id`` and
-        ``selection_inputs`` for every eligible row (gathered in one place: ids and a few small
-        columns). Return the chosen rows as a table with ``id`` in rank order (best first),
-        at most ``k`` of them, plus any ``selection_fields``. Called only when
-        ``custom_selection`` is True, after ``prepare`` and ``fit``."""
-        raise NotImplementedError
-
-    def skip_top(self) -> float:
-        """Fraction of the highest-scored eligible rows to leave out before taking the top-k
-        (EL2N/GraNd's offset window: the very top is often label noise). 0 by default."""
-        return 0.0
+    def selection_rule(self) -> Rule:
+        """How pass 2 picks rows when this selector drives it (see :mod:`tamis.selectors.rules`):
+        by default the best scores, tasks taking turns. Declared from parameters alone."""
+        return TopK()
 
     def counters(self) -> dict[str, int]:
         """Running totals this worker has counted (say, features reused from a store and

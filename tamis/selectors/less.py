@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from ..models.lm import encode_for_model
 from ..models.proxies import ProxySpec, obtain_proxy
 from ..models.train import train_proxy
 from ..schemas.proxy import TrainConfig
-from .base import PoolSample, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector
 
 log = logging.getLogger("tamis.selectors")
 
@@ -47,11 +48,25 @@ PRESETS = {
 }
 
 
+@dataclass(frozen=True)
+class LessPrepared(Prepared):
+    proxy: str  # the warmed-up proxy's folder
+    key: str  # its cache key (the feature store keys on it)
+    weights: list[float]  # per checkpoint: its share of the warm-up's learning rate
+    checkpoints: list[int]
+    preset: str  # the effective LoRA and projection settings
+    lora_r: int
+    lora_alpha: float
+    lr: float
+    proj_dim: int
+
+
 class LessSelector(Selector):
     """Score = weighted cosine of Adam-preconditioned pool gradients to target gradients (higher is better)."""
 
     name = "less"
     needs_target = True
+    prepared_type = LessPrepared
 
     def __init__(self, model: str | None = None, preset: str | None = None,
                  lora_r: int | None = None, lora_alpha: float | None = None, lora_dropout: float = 0.1,
@@ -125,7 +140,7 @@ class LessSelector(Selector):
                            lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=self.lora_dropout,
                            max_length=context.max_length)
 
-    def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets, context: RunContext) -> LessPrepared:
         if not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
         progress = sys.stderr.isatty()
@@ -137,27 +152,27 @@ class LessSelector(Selector):
                            trust_remote_code=self.trust_remote_code)
         if not warm.complete:
             raise RuntimeError(f"less: warm-up at {warm.path} did not finish")
-        self.prepared_ = {"proxy": str(warm.path), "key": warm.key, "weights": warm.lr_weights(),
-                          "checkpoints": [c.index for c in warm.checkpoints], **self.settings()}
+        self.prepared_ = LessPrepared(proxy=str(warm.path), key=warm.key, weights=warm.lr_weights(),
+                                      checkpoints=[c.index for c in warm.checkpoints], **self.settings())
         return self.prepared_
 
     # -- features and scores (per worker) -----------------------------------------------------------
-    def fit(self, targets, prepared=None):
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
         from ..models.features import FeatureStore
         from ..models.projection import DEFAULT_TILE_ROWS, RademacherProjector
         from ..models.stats import grad_dim
         from ..models.train import TrainedProxy
 
-        super().fit(targets, prepared)
-        if not self.prepared_.get("proxy"):
+        super().setup(context, prepared, targets)
+        if prepared is None:
             raise ValueError("less: nothing prepared (run prepare() first: it trains the warm-up proxy)")
-        self.proxy_ = TrainedProxy.open(self.prepared_["proxy"])
+        self.proxy_ = TrainedProxy.open(prepared.proxy)
         self.model_, self.tokenizer_ = self.proxy_.load(0, device=self.context_.device, dtype=self.context_.dtype,
                                                         trainable=True)
         self.loaded_checkpoint_ = 0
         self.checkpoint_states_ = {}
-        self.weights_ = np.asarray(self.prepared_["weights"], dtype=np.float64)
-        proj_dim = self.prepared_["proj_dim"]
+        self.weights_ = np.asarray(prepared.weights, dtype=np.float64)
+        proj_dim = prepared.proj_dim
         # The whole matrix is kept only when it fits the block budget, and a tile never exceeds it.
         self.projector_ = RademacherProjector(grad_dim(self.model_), proj_dim, seed=self.proj_seed,
                                               device=self.context_.device, cache_bytes=self.block_bytes,
@@ -176,7 +191,6 @@ class LessSelector(Selector):
             feats = [self.features([examples[i] for i in usable], ckpt, adam=False)
                      for ckpt in range(len(self.proxy_.checkpoints))]
             self.targets_[task] = (feats, [np.asarray(groups[k]) for k in sorted(groups)])
-        return self
 
     @property
     def block_bytes(self) -> int:
@@ -223,7 +237,7 @@ class LessSelector(Selector):
         from ..models.cache import slice_digest
 
         checkpoint = self.proxy_.checkpoints[ckpt]
-        key = self.store_.key(kind="less-adam", proxy=self.prepared_["key"], checkpoint=checkpoint.index,
+        key = self.store_.key(kind="less-adam", proxy=self.prepared_.key, checkpoint=checkpoint.index,
                               rows=slice_digest(records), max_length=self.context_.max_length,
                               projection=self.projector_.definition)
         found = self.store_.get(key)
@@ -256,9 +270,9 @@ class LessSelector(Selector):
         return {"features_reused": store.hits, "features_computed": store.misses} if store is not None else {}
 
     def model_info(self) -> dict[str, dict]:
-        prepared = getattr(self, "prepared_", {}) or {}
-        info = {"less.warmup": {k: prepared[k] for k in ("proxy", "key", "weights", "preset", "lora_r", "proj_dim")
-                                if k in prepared}}
+        prepared = getattr(self, "prepared_", None)  # None before prepare
+        info = {"less.warmup": {k: getattr(prepared, k) for k in ("proxy", "key", "weights", "preset", "lora_r",
+                                                                  "proj_dim")} if prepared else {}}
         store = getattr(self, "store_", None)
         if store is not None:
             info["less.features"] = {"path": store.root}
