@@ -109,7 +109,8 @@ def storage_error(what: str, path: str, e: BaseException) -> Exception:
     """A one-line user error for a refused read or write of ``path``."""
     code = getattr(e, "errno", None)
     if code == errno.ENOSPC:
-        return StorageError(f"no space left on the device writing {path}")
+        return StorageError(f"disk full writing {path}: free some space and rerun the same command "
+                            "(finished work is kept)")
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return RunFolderError(f"cannot {what} {path}: {reason(e)}")
     if code in (errno.ENOTDIR, errno.EEXIST):
