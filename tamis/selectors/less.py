@@ -59,6 +59,7 @@ class LessPrepared(Prepared):
     lora_alpha: float
     lr: float
     proj_dim: int
+    base: str | None = None  # the model the LoRA checkpoints apply to (a built proxy's folder, or `model`)
 
 
 class LessSelector(Selector):
@@ -153,7 +154,8 @@ class LessSelector(Selector):
         if not warm.complete:
             raise RuntimeError(f"less: warm-up at {warm.path} did not finish")
         self.prepared_ = LessPrepared(proxy=str(warm.path), key=warm.key, weights=warm.lr_weights(),
-                                      checkpoints=[c.index for c in warm.checkpoints], **self.settings())
+                                      checkpoints=[c.index for c in warm.checkpoints], base=warm.base,
+                                      **self.settings())
         return self.prepared_
 
     # -- features and scores (per worker) -----------------------------------------------------------
@@ -166,7 +168,7 @@ class LessSelector(Selector):
         super().setup(context, prepared, targets)
         if prepared is None:
             raise ValueError("less: nothing prepared (run prepare() first: it trains the warm-up proxy)")
-        self.proxy_ = TrainedProxy.open(prepared.proxy)
+        self.proxy_ = TrainedProxy.open(prepared.proxy, base=prepared.base)
         self.model_, self.tokenizer_ = self.proxy_.load(0, device=self.context_.device, dtype=self.context_.dtype,
                                                         trainable=True)
         self.loaded_checkpoint_ = 0
