@@ -64,6 +64,9 @@ class RunContext:
     work_dir: str | None = None  # a local folder for caches (trained proxies, features)
     score_attempts: int = 3  # tries per scoring call before a row is rejected (local runners never retry)
     retry_backoff_s: float = 0.5  # first wait between tries; doubles each time
+    # Where stores every worker shares go by default (LESS's feature store): None keeps them in
+    # this machine's cache (local runners); OUT/_work/... when the workers share no disk with it.
+    shared_store: str | None = None
 
 
 @functools.lru_cache(maxsize=None)

@@ -179,7 +179,7 @@ class LessSelector(Selector):
         self.projector_ = RademacherProjector(grad_dim(self.model_), proj_dim, seed=self.proj_seed,
                                               device=self.context_.device, cache_bytes=self.block_bytes,
                                               tile_rows=max(1, min(DEFAULT_TILE_ROWS, self.block_bytes // (4 * proj_dim))))
-        self.store_ = FeatureStore(self.feature_store)
+        self.store_ = FeatureStore(self.feature_store or context.shared_store)
         # Per task: target features per checkpoint [m, d] and the row indices of each subtask.
         self.targets_ = {}
         for task in self.tasks_:
