@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -86,6 +87,8 @@ def _check_value(annotation: Any, value: Any, label: str) -> Any:
     except Exception:  # a type pydantic cannot check (a plugin's own class): left to the constructor
         return value
     tries = [value, tuple(value)] if isinstance(value, list) else [value]
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        tries.append(float(value))  # YAML 1.1 reads 1e-4 (no dot) as a string; it is still a number
     for candidate in tries:
         try:
             return adapter.validate_python(candidate)
@@ -95,6 +98,8 @@ def _check_value(annotation: Any, value: Any, label: str) -> Any:
     raise ConfigError(f"--param {label}: expected {describe_type(annotation)}, got {value!r}{hint}")
 
 
+# A number written in exponent form without a dot (2e-5), which YAML 1.1 leaves a string.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 _NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
 _PLURALS = {"a whole number": "whole numbers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
 
