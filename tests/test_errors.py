@@ -301,7 +301,7 @@ def test_disk_full_and_read_only_are_one_line_in_either_pass(tmp_path, tiny_fs, 
 @pytest.mark.parametrize("selector, extra", [
     ("kmeans", ["--param", "kmeans.sample_size=50"]),
     ("el2n", ["--param", "el2n.runs=1", "--param", "el2n.n_layer=1", "--param", "el2n.n_embd=16",
-              "--param", "el2n.vocab_size=300", "--param", "el2n.context=64"]),
+              "--param", "el2n.vocab_size=300", "--param", "el2n.positions=64"]),
 ])
 @pytest.mark.parametrize("lines", [[], [b"not json\n", b'{"id": "x"}\n', b'{"messages": []}\n']],
                          ids=["empty", "all-rejected"])
