@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -104,6 +105,18 @@ def _global_options(
         logger = logging.getLogger(name)
         if not any(isinstance(f, _WorkerFailureNoise) for f in logger.filters):
             logger.addFilter(_WorkerFailureNoise())
+    threading.excepthook = _quiet_runner_threads
+
+
+_default_thread_hook = threading.excepthook
+
+
+def _quiet_runner_threads(args) -> None:
+    """Beam's portable runner reads the job's messages in a thread of its own; when the job server
+    stops answering, that thread dies with the same gRPC error the main thread then reports as
+    one line. Its traceback is printed only with --debug."""
+    if debug_enabled() or not type(args.exc_value).__module__.startswith("grpc"):
+        _default_thread_hook(args)
 
 
 def storage_options(ctx: typer.Context) -> None:

@@ -64,9 +64,19 @@ def stop(proc: subprocess.Popen) -> None:
         pass
 
 
+def _die_with_parent() -> None:
+    """Linux: the service gets SIGKILL when the test process dies, even when pytest itself is
+    killed and its fixtures never run their teardown (no service outlives the tests)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def start(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     with open(log, "wb") as f:
-        return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd="/")
+        return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd="/",
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def namespace_problem() -> str | None:
