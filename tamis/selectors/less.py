@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -55,7 +56,8 @@ class LessSelector(Selector):
                  fraction: float = 0.05, max_warmup_examples: int | None = None, epochs: int = 4,
                  batch_size: int = 32, sample_size: int = 10_000, build_epochs: int = 2,
                  n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, positions: int = 256,
-                 chunk_size: int = 16, feature_store: str | None = None, trust_remote_code: bool = False):
+                 chunk_size: int = 16, feature_store: str | None = None, max_length: int | None = None,
+                 warmup_loss: str = "example", trust_remote_code: bool = False):
         self.model = model  # HF id or folder to warm up; None builds a small GPT-2 from the pool first
         self.preset = preset  # "paper" or "small"; None: "paper" for a given model, "small" for a built one
         # LoRA warm-up and projection; None takes the preset's value.
@@ -81,6 +83,11 @@ class LessSelector(Selector):
         self.positions = positions
         self.chunk_size = chunk_size  # examples per batched gradient pass
         self.feature_store = feature_store  # folder or URL; None: $TAMIS_CACHE/features
+        # Tokens per example for warm-up and gradients; None: the run's --max-length (512). LESS uses 2048.
+        self.max_length = max_length
+        # "example": each example's token mean weighs the same in a step (LESS: batch 1 x 32 accumulation);
+        # "token": the mean over all the step's tokens (tamis's other trainings)
+        self.warmup_loss = warmup_loss
         self.trust_remote_code = trust_remote_code
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -88,6 +95,10 @@ class LessSelector(Selector):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+        if warmup_loss not in ("example", "token"):
+            raise ValueError(f"warmup_loss must be 'example' or 'token', got {warmup_loss!r}")
+        if max_length is not None and max_length < 8:
+            raise ValueError(f"max_length must be at least 8, got {max_length!r}")
 
     @classmethod
     def test_params(cls) -> dict:
@@ -107,16 +118,26 @@ class LessSelector(Selector):
         return ProxySpec(epochs=self.build_epochs, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
                          vocab_size=self.vocab_size, positions=self.positions, sample_size=self.sample_size)
 
+    def own_context(self, context: RunContext) -> RunContext:
+        """The run's context with LESS's own ``max_length`` when one is given."""
+        return context if self.max_length is None else replace(context, max_length=self.max_length)
+
     def warmup_config(self, context: RunContext) -> TrainConfig:
+        """LESS's warm-up: LoRA on the pool slice, with the run's ``--dtype`` as the autocast dtype
+        (LESS trains in bf16; weights and Adam moments stay fp32 either way)."""
         s = self.settings()
         return TrainConfig(mode="lora", fraction=self.fraction, max_examples=self.max_warmup_examples,
                            seed=context.seed, epochs=self.epochs, batch_size=self.batch_size, lr=s["lr"],
                            lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=self.lora_dropout,
-                           max_length=context.max_length)
+                           max_length=context.max_length, dtype=context.dtype, loss_weighting=self.warmup_loss)
+
+    def setup(self, context: RunContext) -> None:
+        super().setup(self.own_context(context))
 
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
         if not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
+        context = self.own_context(context)
         progress = sys.stderr.isatty()
         start = self.model
         if start is None:
