@@ -23,7 +23,10 @@ import platform
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet"
+# The shared bench folder sits beside the checkout (/work/main -> /work/shared) or, from a worktree
+# (/work/wt/NAME), one level further up.
+BENCH = next((p / "shared" / "bench" / "wordnet" for p in Path(__file__).resolve().parents
+              if (p / "shared" / "bench" / "wordnet").is_dir()), Path("/work/shared/bench/wordnet"))
 
 # Training cut down to fit a CPU (see the docstring); scoring itself is unchanged.
 SETTINGS = {

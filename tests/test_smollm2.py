@@ -117,3 +117,17 @@ def test_irt_crowd_from_the_pretrained_model(small_run, smollm2, tmp_path):
     assert [s["step"] for s in prepared["subjects"]] == [0, 1, 2]
     assert prepared["subjects"][0]["adapter"] is None  # the pretrained model itself
     assert len(prepared["theta"]) == 3
+
+
+def test_the_converted_folder_loads_every_weight_with_and_without_the_head(smollm2, one_thread):
+    """AutoModel (no head, what rds and kmeans load) must get the trained embedding, not a fresh one,
+    and the causal LM must tie its head to it."""
+    import torch
+
+    from tamis.models.lm import load_causal_lm
+    from tamis.models.loading import load_backbone
+
+    lm, _ = load_causal_lm(smollm2)
+    backbone = load_backbone(smollm2)
+    assert torch.equal(backbone.get_input_embeddings().weight, lm.get_input_embeddings().weight)
+    assert torch.equal(lm.get_output_embeddings().weight, lm.get_input_embeddings().weight)
