@@ -10,7 +10,10 @@ answers into a difficulty b per example, on the logit scale of the subjects' abi
   subject (2 widths x 8 = 16 by default), so the crowd spans weak to strong models. A subject
   answers a record right when its mean token loss on the scored tokens is under a threshold:
   ``loss_threshold``, or by default the median loss over the whole calibration matrix, so about
-  half of all answers are right and the items spread.
+  half of all answers are right and the items spread. With ``model`` (a pretrained LM, HF id or
+  folder) the crowd is that model itself plus the ``crowd_checkpoints`` checkpoints of one short
+  LoRA fine-tune of it on the pool slice (PUDF's crowd, likewise, is pretrained models fine-tuned
+  for varied lengths); every subject then shares the model's tokenizer.
 * **A crowd of classifiers** (classification records: every sampled record has a ``label`` in
   its extra fields, as for ``el2n``): heads on frozen sentence embeddings, one per
   (size in ``head_sizes``, training length in ``head_epochs``), 4 x 4 = 16 by default. A head
