@@ -172,11 +172,11 @@ def steps_to(curve: list[dict], target: float) -> int | None:
     return None
 
 
-def crowd_summary(prepared: dict, difficulty: np.ndarray) -> dict:
+def crowd_summary(prepared, difficulty: np.ndarray) -> dict:
     """How informative the crowd is: ability spread, subjects that answer everything alike, and
     how many distinct difficulties the training rows get."""
-    theta = np.asarray(prepared["theta"])
-    cal = prepared["calibration"]
+    theta = np.asarray(prepared.theta)
+    cal = prepared.calibration
     return {"subjects": len(theta), "theta_min": float(theta.min()), "theta_max": float(theta.max()),
             "theta_sd": float(theta.std()), "all_wrong": cal.get("subjects_all_wrong"),
             "all_right": cal.get("subjects_all_right"), "subject_correct": cal.get("subject_correct"),
@@ -243,8 +243,7 @@ def main() -> None:
     selector = IRTSelector(**crowd_params(args))
     sample = PoolSample(lambda: pool)
     prepared = selector.prepare(sample, None, context)
-    selector.setup(context)
-    selector.fit(None, prepared)
+    selector.setup(context, prepared, None)
     timings["crowd_s"] = time.perf_counter() - t0
     crowd_rows = {r["id"] for r in sample.sample(1.0, args.crowd_rows)}  # what prepare trained the crowd on
     train, probe, held_out = split_pool(pool, crowd_rows, args.train_rows, args.probe_rows, args.eval_rows)
@@ -256,22 +255,22 @@ def main() -> None:
     crowd = crowd_summary(prepared, difficulty)
     print(f"crowd of {crowd['subjects']} subjects in {timings['crowd_s']:.0f} s (theta {crowd['theta_min']:.2f}.."
           f"{crowd['theta_max']:.2f}, {crowd['all_wrong']} all wrong, {crowd['all_right']} all right, threshold "
-          f"{prepared['loss_threshold']:.3f}); scored {len(train) + len(probe):,} rows in {timings['score_s']:.0f} s: "
+          f"{prepared.loss_threshold:.3f}); scored {len(train) + len(probe):,} rows in {timings['score_s']:.0f} s: "
           f"{crowd['distinct_difficulties']} distinct difficulties, quantiles "
           f"{np.round(crowd['difficulty_quantiles'], 2).tolist()}, stage sizes {np.bincount(stage).tolist()}",
           flush=True)
     print("subject (width, step): theta, share right: " + ", ".join(
         f"({s['width']},{s['step']}): {t:.2f}, {c:.2f}" for s, t, c in
-        zip(prepared["subjects"], prepared["theta"], crowd["subject_correct"] or [np.nan] * crowd["subjects"])))
+        zip(prepared.subjects, prepared.theta, crowd["subject_correct"] or [np.nan] * crowd["subjects"])))
     if args.crowd_only:
         return
 
     # The learner shares the crowd's tokenizer (every crowd run trains the same one on the same rows).
-    init = learner_init(prepared["subjects"][-1]["path"], args, Path(args.cache_dir))
+    init = learner_init(prepared.subjects[-1]["path"], args, Path(args.cache_dir))
     tok = load_tokenizer(init)
     data = {"train": encode_records(tok, train, args.context), "held_out": encode_records(tok, held_out, args.context),
             "probe": encode_records(tok, probe, args.context), "difficulty": difficulty, "stage": stage,
-            "probe_b": probe_scores["difficulty"].astype(np.float64), "threshold": prepared["loss_threshold"]}
+            "probe_b": probe_scores["difficulty"].astype(np.float64), "threshold": prepared.loss_threshold}
     arms = {}
     for arm in args.arms:
         t0 = time.perf_counter()
@@ -296,8 +295,8 @@ def main() -> None:
     results = {"args": vars(args), "timings": timings, "pool_rows": len(pool),
                "rows": {"train": len(train), "probe": len(probe), "held_out": len(held_out),
                         "crowd_training_rows_excluded": len(crowd_rows)},
-               "crowd": {k: v for k, v in prepared.items() if k != "subjects"}
-               | {"subjects": prepared["subjects"], "summary": crowd},
+               "crowd": {k: v for k, v in prepared.to_json().items() if k != "subjects"}
+               | {"subjects": prepared.subjects, "summary": crowd},
                "difficulty": {"distinct": crowd["distinct_difficulties"], "stage_sizes": np.bincount(stage).tolist()},
                "arms": arms, "targets": targets}
     out = Path(args.out)

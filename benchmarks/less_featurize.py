@@ -98,8 +98,7 @@ def main() -> None:
     t0 = time.perf_counter()
     prepared = selector.prepare(PoolSample(lambda: pool), targets, context)
     prepare_s = time.perf_counter() - t0
-    selector.setup(context)
-    selector.fit(targets, prepared)
+    selector.setup(context, prepared, targets)
     rows = pool[a.offset : a.offset + a.rows]
     examples = encode_for_model(selector.model_, selector.tokenizer_, rows, context.max_length)
     target_examples = encode_for_model(selector.model_, selector.tokenizer_, targets[a.task], context.max_length)

@@ -107,8 +107,7 @@ def run(work: Path) -> dict[str, np.ndarray]:
         selector = cls.from_params(params)
         tgt = targets if cls.needs_target else None
         prepared = selector.prepare(PoolSample(lambda sample=sample: sample), tgt, context)
-        selector.setup(context)
-        selector.fit(tgt, prepared)
+        selector.setup(context, prepared, tgt)
         for column, values in selector.score(rows).items():
             values = np.asarray(values)
             out[f"{label}/{column}"] = values.astype(np.float64) if values.dtype == object else values
@@ -116,20 +115,25 @@ def run(work: Path) -> dict[str, np.ndarray]:
             import pyarrow as pa
 
             by_id = {r["id"]: r for r in rows}
-            selector.pool_rows_ = lambda ids: [by_id[i] for i in ids]
             cols = selector.score(rows)
             table = pa.table({"id": [r["id"] for r in rows], "cluster": cols["cluster"]})
-            chosen = selector.select(table, 10, context)
-            out[f"{label}/selected"] = np.array(chosen.column("id").to_pylist())
-            out[f"{label}/loss_gap"] = np.array(selector.report_["rounds"][1]["loss_gap"])
+            if hasattr(selector, "selection_rule"):  # rules as objects (issue 15)
+                chosen = selector.selection_rule().choose(table, 10, context.seed, lambda ids: [by_id[i] for i in ids])
+                ids, report = chosen.ids, chosen.report
+            else:
+                selector.pool_rows_ = lambda ids: [by_id[i] for i in ids]
+                picked = selector.select(table, 10, context)
+                ids, report = picked.column("id").to_pylist(), selector.report_
+            out[f"{label}/selected"] = np.array(ids)
+            out[f"{label}/loss_gap"] = np.array(report["rounds"][1]["loss_gap"])
         if name == "irt" and not extra and label == "irt":
             from tamis.curriculum import lm_probe_answers
             from tamis.models.lm import encode_records, load_causal_lm
 
             lm, tok = load_causal_lm(model)
             out["curriculum/probe"] = lm_probe_answers(lm, encode_records(tok, rows, 64),
-                                                       prepared["loss_threshold"])
-            out["irt/threshold"] = np.array([prepared["loss_threshold"]])
+                                                       prepared.loss_threshold)
+            out["irt/threshold"] = np.array([prepared.loss_threshold])
         print(f"{label:<16} {time.perf_counter() - t0:6.1f}s", file=sys.stderr)
     return out
 

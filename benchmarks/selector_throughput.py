@@ -50,8 +50,7 @@ def main() -> None:
         prepared = sel.prepare(PoolSample(lambda: pool), tgt, context)
         prepare_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sel.setup(context)
-        sel.fit(tgt, prepared)
+        sel.setup(context, prepared, tgt)
         setup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         sel.score(rows)

@@ -7,23 +7,9 @@ from typing import Any
 
 def load_config(config: str | Path | dict | None = None, **overrides: Any):
     """A validated SelectConfig from a YAML file or mapping, with keyword overrides on top."""
-    from .schemas.config import SelectConfig
+    from .pipeline.plan import load_config
 
-    data: dict[str, Any] = {}
-    if isinstance(config, (str, Path)):
-        import yaml
-
-        with open(config, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{config}: the config file must be a YAML mapping")
-    elif isinstance(config, dict):
-        data = dict(config)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("pool", "selector", "beam_args"):  # one value where a list is expected
-        if isinstance(data.get(key), str):
-            data[key] = [data[key]]
-    return SelectConfig(**data)
+    return load_config(config, **overrides)
 
 
 def select(config: str | Path | dict | None = None, *, progress: bool = False, **overrides: Any):
@@ -39,34 +25,44 @@ def select(config: str | Path | dict | None = None, *, progress: bool = False, *
 def reselect(out: str, budget: float, **kwargs: Any):
     """Select again on a finished run with a new budget, without scoring again."""
     from .pipeline.run import run_reselect
+    from .schemas.config import check_budget
 
-    return run_reselect(out, budget, **kwargs)
-
-
-def _shard_files(out: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    files = sorted(m.path for r in FileSystems.match([f"{out.rstrip('/')}/shards/part-*.parquet"]) for m in r.metadata_list)
-    if not files:
-        raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
-    return files
+    return run_reselect(out, check_budget(budget), **kwargs)
 
 
-def load_selected(out: str, task: str | None = None, curriculum: bool = False):
+def load_selected(out: str, task: str | None = None, curriculum: bool = False,
+                  storage_options: dict[str, Any] | list[str] | None = None):
     """The selected rows of a run as a ``datasets.Dataset``, in rank order (1 = best).
 
     With ``task``, only rows selected for that task. With ``curriculum``, the rows come easiest
     first instead: by ``curriculum_stage``, then ``difficulty``, then rank (the ``irt`` selector
     writes both columns; :class:`tamis.curriculum.CurriculumSampler` schedules them). The shards
     are plain Parquet, so ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")``
-    reads every row.
+    reads every row. A run that is unfinished (killed, or still running) raises
+    :class:`tamis.errors.UnfinishedRunError` naming what is missing; a task the run does not
+    have raises :class:`tamis.errors.ConfigError` naming the tasks it has.
+
+    ``storage_options`` are Beam options for a run on an object store, as a mapping
+    (``{"s3_endpoint_url": ..., "s3_access_key_id": ...}``) or as ``--name=value`` arguments:
+    the shards are read through Beam's filesystems with them, never through another S3 client.
     """
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    table = pa.concat_tables(pq.read_table(f) for f in _shard_files(out))
+    from .errors import ConfigError
+    from .io.filesystems import use_beam_options
+    from .io.runfolder import RunFolder
+
+    use_beam_options(storage_options)
+    folder = RunFolder(out)
+    manifest = folder.require_finished()
+    if task is not None:
+        tasks = manifest.get("resolved", {}).get("tasks") or []
+        if task not in tasks:
+            has = f"its tasks: {', '.join(tasks)}" if tasks else "it was made without targets, so it has no tasks"
+            raise ConfigError(f"task {task!r} is not in the run {folder.path} ({has})")
+    table = folder.read_shards()
     mask = table.column("selected")
     if task is not None:
         mask = pc.and_(mask, pa.array([task in v for v in table.column("selected_for").to_pylist()]))

@@ -13,6 +13,9 @@ class TamisError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:  # the message itself, never KeyError's quoted repr
+        return Exception.__str__(self)
+
 
 class ConfigError(TamisError, ValueError):
     """A bad flag, config key, parameter value or type, device or budget."""

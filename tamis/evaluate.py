@@ -40,15 +40,12 @@ class EvalSettings:
 
 
 def _read_run(out: str):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """A finished run's manifest and shards (an unfinished run fails with one line)."""
+    from .io.runfolder import RunFolder
 
-    files = sorted(Path(out, "shards").glob("part-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
-    manifest = json.loads(Path(out, "manifest.json").read_text())
-    table = pa.concat_tables(pq.read_table(f) for f in files)
-    return manifest, table
+    folder = RunFolder(out)
+    manifest = folder.require_finished("evaluate")
+    return manifest, folder.read_shards()
 
 
 def _records(table, mask: np.ndarray) -> list[dict]:
@@ -187,7 +184,9 @@ def evaluate_run(out: str, evals: dict[str, str], *, baselines: tuple[str, ...] 
         results["precision_at_k"] = precision_at_k(table, ranking, lab, label_of or {}, k)
     results["total_s"] = time.perf_counter() - start
     results["selectors"] = manifest["config"]["selector"]
-    Path(out, "evaluate.json").write_text(json.dumps(results, indent=2))
+    from .io.runfolder import EVALUATE, RunFolder
+
+    RunFolder(out).write_json(EVALUATE, results)
     return results
 
 

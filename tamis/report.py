@@ -120,11 +120,12 @@ def stage_plot(table) -> str | None:
     return _png(fig)
 
 
-def evaluate_html(out: Path) -> str | None:
-    path = out / "evaluate.json"
-    if not path.exists():
+def evaluate_html(out) -> str | None:
+    from .io.runfolder import EVALUATE, RunFolder
+
+    res = RunFolder(str(out)).read_json(EVALUATE)
+    if res is None:
         return None
-    res = json.loads(path.read_text())
     arms = [a for a in ("selected", "random", "full") if any(a in v for v in res["summary"].values())]
     head = "".join(f"<th>{a}</th>" for a in arms)
     rows = []
@@ -144,15 +145,12 @@ def evaluate_html(out: Path) -> str | None:
 
 def write_report(out: str) -> Path:
     """Write ``OUT/report.html`` and return its path."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from .io.runfolder import REPORT, RunFolder
 
-    root = Path(out)
-    files = sorted((root / "shards").glob("part-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no shards under {out}/shards: is this a finished tamis run?")
-    manifest = json.loads((root / "manifest.json").read_text())
-    table = pa.concat_tables(pq.read_table(f) for f in files)
+    folder = RunFolder(out)
+    manifest = folder.require_finished("report on")
+    table = folder.read_shards()
+    root = folder.path
     c = manifest["counts"]
     sections = [("Counts", "<table>" + "".join(f"<tr><td>{k}</td><td>{v:,}</td></tr>" for k, v in c.items()) + "</table>"
                  + f"<p>input = accepted + rejected: <b>{'holds' if c['input'] == c['accepted'] + c['rejected'] else 'BROKEN'}</b></p>")]
@@ -177,6 +175,5 @@ td:first-child{{text-align:left}} td.best{{font-weight:bold;background:#fff4e6}}
 .meta{{color:#868e96;font-size:.9em}}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="meta">{html.escape(str(root))} · budget {manifest['resolved']['budget']} ·
 tamis {manifest['versions'].get('tamis', '?')} · {manifest['timings'].get('total_s', 0):.0f}s</p>{body}</body></html>"""
-    dest = root / "report.html"
-    dest.write_text(page, encoding="utf-8")
-    return dest
+    folder.write_bytes(REPORT, page.encode("utf-8"))
+    return Path(folder.join(REPORT)) if not folder.remote else folder.join(REPORT)

@@ -7,20 +7,21 @@
 
 It builds the selector from ``test_params()`` (keep them small: tiny proxies, a few steps), runs
 the lifecycle the pipeline runs (``prepare`` on a pool sample, the prepared record through JSON
-as workers get it, ``setup``, ``fit``, ``score``) on rows of the demo pool that ships with
+as workers get it, ``setup``, ``score``) on rows of the demo pool that ships with
 tamis, and checks:
 
 * parameters: explicit keyword parameters with defaults, stored unchanged, ``get_params`` and
   ``from_params`` round-trip, an unknown name is refused;
-* a selector that needs targets refuses to fit without them;
-* ``prepare`` returns a JSON-able dict;
+* a selector that needs targets refuses to set up without them;
+* ``prepare`` returns its ``prepared_type``, which goes through JSON and back unchanged;
 * the columns declared before setup are exactly the columns ``score`` returns, one value per
   record, of the declared types (float columns already float32), score columns named
   ``score_<name>...`` and finite on these well-formed rows;
 * determinism: scoring the same rows twice gives the same bits, and a second worker (a new
-  instance, setup and fit on the same prepared record) agrees to the bit;
+  instance, set up on the same prepared record) agrees to the bit;
 * batch independence: scoring in two batches gives what one batch gives (1e-5 for floats);
-* ``fit`` leaves the parameters as they were.
+* ``setup`` leaves the parameters as they were;
+* ``selection_rule()`` returns a rule, and a table rule sets only declared columns.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ import numpy as np
 import pyarrow as pa
 
 from .demo import demo_dir
-from .selectors import PoolSample, RunContext, Selector
+from .selectors import PoolSample, Prepared, RunContext, Selector
+from .selectors.rules import Rule, TableRule
 
 CONTEXT = RunContext(max_length=64, batch_tokens=2048)
 
@@ -79,20 +81,23 @@ class _Case:
     def new(self) -> Selector:
         return self.cls.from_params(dict(self.params))
 
-    def prepare(self) -> dict:
+    def prepare(self) -> Prepared:
         if not hasattr(self, "_prepared"):
             prepared = self.new().prepare(PoolSample(lambda: list(self.pool)), self.targets, self.context)
-            assert prepared is None or isinstance(prepared, dict), "prepare must return a dict (or None)"
+            kind = self.cls.prepared_type
+            assert isinstance(prepared, kind), f"prepare must return a {kind.__name__} (prepared_type), got {prepared!r}"
             try:
-                self._prepared = json.loads(json.dumps(prepared or {}))  # what a worker receives
+                data = json.loads(json.dumps(prepared.to_json()))
             except (TypeError, ValueError) as e:
-                raise AssertionError(f"prepare must return a JSON-able dict: {e}") from None
+                raise AssertionError(f"the prepared record must be JSON-able: {e}") from None
+            # What a reselect rebuilds from the manifest, and what a worker receives.
+            self._prepared = kind.from_json(data)
+            assert self._prepared == prepared, "prepared_type.from_json(record.to_json()) must give the record back"
         return self._prepared
 
     def fit(self) -> Selector:
         selector = self.new()
-        selector.setup(self.context)
-        selector.fit(self.targets, self.prepare())
+        selector.setup(self.context, self.prepare(), self.targets)
         return selector
 
     @property
@@ -139,9 +144,8 @@ def check_refuses_to_fit_without_targets(case: _Case) -> None:
     if not case.cls.needs_target:
         return
     selector = case.new()
-    selector.setup(case.context)
     try:
-        selector.fit(None)
+        selector.setup(case.context, None, None)
     except ValueError as e:
         assert "needs --target" in str(e), f"say that the selector needs --target, got {e}"
     else:
@@ -152,7 +156,7 @@ def check_declared_columns(case: _Case) -> None:
     declared = case.new().columns(case.tasks)  # known before setup: the driver plans the schema with it
     assert all(isinstance(f, pa.Field) for f in declared), "columns() must return pyarrow fields"
     assert [f.name for f in case.fitted.columns(case.tasks)] == [f.name for f in declared], \
-        "columns() must not depend on setup or fit"
+        "columns() must not depend on setup"
     out = case.fitted.score(case.rows)
     assert set(out) == {f.name for f in declared}, \
         f"score returned {sorted(out)}, the selector declares {sorted(f.name for f in declared)}"
@@ -171,7 +175,7 @@ def check_declared_columns(case: _Case) -> None:
 
 def check_deterministic(case: _Case) -> None:
     first, again = case.fitted.score(case.rows), case.fitted.score(case.rows)
-    other = case.fit().score(case.rows)  # a second worker: its own setup and fit on the same record
+    other = case.fit().score(case.rows)  # a second worker: its own setup on the same record
     for column, values in first.items():
         np.testing.assert_array_equal(values, again[column], err_msg=f"{column}: same rows scored twice differ")
         np.testing.assert_array_equal(values, other[column], err_msg=f"{column}: two workers disagree")
@@ -191,12 +195,22 @@ def check_batch_independent(case: _Case) -> None:
 
 
 def check_fit_keeps_parameters(case: _Case) -> None:
-    assert case.fitted.get_params() == case.new().get_params(), "setup/fit must not change the parameters"
+    assert case.fitted.get_params() == case.new().get_params(), "setup must not change the parameters"
+
+
+def check_selection_rule(case: _Case) -> None:
+    """The rule is declared from the parameters alone, and a table rule reads and sets declared columns."""
+    rule = case.new().selection_rule()
+    assert isinstance(rule, Rule), f"selection_rule() must return a tamis.selectors.rules rule, got {rule!r}"
+    if isinstance(rule, TableRule):
+        declared = {f.name for f in case.new().columns(case.tasks)}
+        own = {f.name for f in rule.fields}
+        assert own <= declared, f"the rule sets columns {sorted(own - declared)} the selector does not declare"
 
 
 CHECKS: list[Callable[[_Case], None]] = [
     check_parameters, check_refuses_to_fit_without_targets, check_declared_columns, check_deterministic,
-    check_batch_independent, check_fit_keeps_parameters,
+    check_batch_independent, check_fit_keeps_parameters, check_selection_rule,
 ]
 
 

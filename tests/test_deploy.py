@@ -263,8 +263,7 @@ def test_a_remote_model_scores_like_the_local_one_and_the_manifest_names_the_cop
     table = pq.read_table(next((tmp_path / "out" / "shards").glob("part-*.parquet")))
 
     reference = RDSSelector(model=tiny_encoder)
-    reference.setup(RunContext())
-    reference.fit(read_targets(targets_dir))
+    reference.setup(RunContext(), None, read_targets(targets_dir))
     expected = reference.score(rows)
     for column, values in expected.items():
         assert np.array_equal(table.column(column).to_numpy(), values), column

@@ -16,6 +16,7 @@ import tamis  # noqa: E402
 from tamis.curriculum import DDSMAE, CurriculumSampler, epoch_items, hf_callback  # noqa: E402
 from tamis.irt import estimate_theta, fit_irt, fit_items  # noqa: E402
 from tamis.selectors.irt import (  # noqa: E402
+    IRTSelector,
     crowd_spread,
     curriculum_stage,
     read_responses,
@@ -275,9 +276,8 @@ def test_classifier_crowd_answers_labels_and_orders_difficulty(tiny_encoder):
                            head_sizes=(0, 16), head_epochs=(1, 6))
     context = RunContext(max_length=64, batch_tokens=2048)
     prepared = selector.prepare(PoolSample(lambda: pool), None, context)
-    assert prepared["data_kind"] == "classification" and len(prepared["subjects"]) == 4 == len(prepared["theta"])
-    selector.setup(context)
-    selector.fit(None, prepared)
+    assert prepared.data_kind == "classification" and len(prepared.subjects) == 4 == len(prepared.theta)
+    selector.setup(context, prepared, None)
     rows = pool[250:] + [dict(pool[0], extra=None)]  # the last one has no label: no answers
     answers = selector.answers(rows)
     assert answers.shape == (4, 51) and np.isnan(answers[:, -1]).all() and np.isin(answers[:, :-1], [0, 1]).all()
@@ -312,20 +312,20 @@ def test_select_with_a_crowd_writes_difficulty_and_a_curriculum(tmp_path):
     np.testing.assert_array_equal(table.column("score_irt").to_numpy(), b)
     assert (table.column("discrimination").to_numpy() == 1).all()  # 1PL by default
     manifest = json.loads((out / "manifest.json").read_text())
-    prepared = manifest["prepared"]["irt"]
-    assert len(prepared["subjects"]) == len(prepared["theta"]) == 8
+    prepared = IRTSelector.prepared_type.from_json(manifest["prepared"]["irt"])  # the record, as reselect rebuilds it
+    assert len(prepared.subjects) == len(prepared.theta) == 8
     # The crowd's spread is on record: each subject's share right on the calibration rows agrees
     # with its fitted ability, and the count of subjects that answered every row alike.
-    calibration = prepared["calibration"]
+    calibration = prepared.calibration
     share = np.array(calibration["subject_correct"])
     assert len(share) == 8 and np.all((share >= 0) & (share <= 1))
     assert share.mean() == pytest.approx(calibration["mean_correct"], abs=0.02)  # no row lacks a loss
     assert calibration["subjects_all_wrong"] == int((share == 0).sum()) < 8
-    theta = np.array(prepared["theta"])
+    theta = np.array(prepared.theta)
     assert spearman(share, theta) > 0.9  # 1PL: ability is monotone in the count right
     assert "irt.crowd.w16" in manifest["models"] and "irt.crowd.w32" in manifest["models"]
     stage = table.column("curriculum_stage").to_numpy()
-    np.testing.assert_array_equal(stage, curriculum_stage(b, prepared["stage_edges"]))
+    np.testing.assert_array_equal(stage, curriculum_stage(b, prepared.stage_edges))
     assert set(stage) <= {0, 1, 2, 3} and len(set(stage)) > 1
     selected = table.column("selected").to_numpy()
     assert b[selected].min() >= b[~selected].max()  # the harder half

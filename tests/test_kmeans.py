@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import tamis
-from tamis.pipeline.selection import SELECTION_REPORT_KEY
 from tamis.selectors import PoolSample, RunContext
-from tamis.selectors.kmeans import (REPORT_KEY, KMeansSelector, allocate, default_k, draw, gumbel_keys,
-                                    quality_logits, softmax)
+from tamis.selectors.kmeans import KMeansSelector, default_k
+from tamis.selectors.rules import allocate, draw, gumbel_keys, quality_logits, softmax
 from tamis.selectors.rds import RDSSelector
 
 from .conftest import DEMO, demo_records, write_jsonl
@@ -90,7 +89,7 @@ def test_draw_takes_the_quota_from_each_cluster_round_robin():
     assert again.tolist() == [3, 0]  # only cluster 0 has rows left: it takes the whole round
 
 
-def test_default_k_rule_and_report_key():
+def test_default_k_rule():
     assert default_k(20_000, 10_000) == 100
     assert default_k(5_800_000, 10_000) == 500  # 20 sample rows per centroid
     assert default_k(10, 10) == 2
@@ -98,7 +97,6 @@ def test_default_k_rule_and_report_key():
     assert default_k(5_800_000, 20_480) == 1024
     assert default_k(20_000, 20_000, "paper") == 1000
     assert default_k(200_000, 20_480, "paper") == 1024 and default_k(200_000, 20_480) == 316
-    assert REPORT_KEY == SELECTION_REPORT_KEY
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -176,18 +174,17 @@ def test_covers_more_domains_than_rds_top_k_and_every_cluster():
         domain = {r["id"]: r["domain"] for r in map(json.loads, f)}
     context = RunContext(max_length=64, batch_tokens=4096)
     km = KMeansSelector(sample_size=300, k=15)
-    km.setup(context)
-    km.fit(None, km.prepare(PoolSample(lambda: records), None, context))
+    km.setup(context, km.prepare(PoolSample(lambda: records), None, context), None)
     clusters = km.score(records)["cluster"]
-    picked = km.select(pa.table({"id": [r["id"] for r in records], "cluster": clusters}), 30, context)
-    assert picked.num_rows == 30 and json.loads(picked.schema.metadata[REPORT_KEY])["k"] == 15
-    rows = [i for i, r in enumerate(records) if r["id"] in set(picked.column("id").to_pylist())]
+    picked = km.selection_rule().choose(pa.table({"id": [r["id"] for r in records], "cluster": clusters}), 30,
+                                        context.seed, records=None)
+    assert len(picked.ids) == 30 and picked.report["k"] == 15
+    rows = [i for i, r in enumerate(records) if r["id"] in set(picked.ids)]
     kmeans_domains = {domain[records[i]["id"]] for i in rows}
 
     rds = RDSSelector()
-    rds.setup(context)
     with open(DEMO / "animal_dev.jsonl") as f:
-        rds.fit({"animal": [dict(json.loads(line), subtask=None) for line in f]})
+        rds.setup(context, None, {"animal": [dict(json.loads(line), subtask=None) for line in f]})
     top = np.argsort(-rds.score(records)["score_rds_animal"], kind="stable")[:30]
     rds_domains = {domain[records[i]["id"]] for i in top}
     assert len(kmeans_domains) > len(rds_domains) + 3

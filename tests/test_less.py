@@ -52,20 +52,19 @@ def less(pool, targets, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("features"))
     selector = LessSelector(**TINY, feature_store=store)
     prepared = selector.prepare(PoolSample(lambda: pool), targets, CONTEXT)
-    selector.setup(CONTEXT)
-    selector.fit(targets, prepared)
+    selector.setup(CONTEXT, prepared, targets)
     return selector, prepared, store
 
 
 def reference_scores(prepared, pool_records, targets, tasks) -> dict[str, np.ndarray]:
     """LESS as the reference code does it: one backward per example, per checkpoint."""
-    proxy = TrainedProxy.open(prepared["proxy"])
+    proxy = TrainedProxy.open(prepared.proxy)
     out = {task: 0.0 for task in tasks}
-    for ckpt, weight in zip(proxy.checkpoints, prepared["weights"]):
+    for ckpt, weight in zip(proxy.checkpoints, prepared.weights):
         model, tok = proxy.load(ckpt.index - 1, trainable=True)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         projector = RademacherProjector(sum(dict(model.named_parameters())[n].numel() for n in names),
-                                        prepared["proj_dim"], seed=0)
+                                        prepared.proj_dim, seed=0)
         matrix = projector.dense()
         moments = ckpt.adam_moments()
         m = torch.cat([moments[n][0].reshape(-1) for n in names])
@@ -97,8 +96,8 @@ def test_scores_match_a_batch_one_reference(less, pool, targets):
     from scipy.stats import spearmanr
 
     selector, prepared, _ = less
-    assert len(prepared["weights"]) == 3 and abs(sum(prepared["weights"]) - 1) < 1e-9
-    assert prepared["weights"][0] > prepared["weights"][-1]  # linear decay: early epochs weigh more
+    assert len(prepared.weights) == 3 and abs(sum(prepared.weights) - 1) < 1e-9
+    assert prepared.weights[0] > prepared.weights[-1]  # linear decay: early epochs weigh more
     some = pool[:40]
     got = selector.score(some)
     expected = reference_scores(prepared, some, targets, ["animal", "food"])
@@ -111,7 +110,7 @@ def test_scores_match_a_batch_one_reference(less, pool, targets):
 
 def test_warmup_is_lora_on_a_slice_with_adam_moments(less, pool):
     _, prepared, _ = less
-    proxy = TrainedProxy.open(prepared["proxy"])
+    proxy = TrainedProxy.open(prepared.proxy)
     assert proxy.mode == "lora" and proxy.complete
     inputs = json.loads((proxy.path / "inputs.json").read_text())
     assert 0 < inputs["n_examples"] < len(pool) * 0.2  # ~10% of the pool, drawn by id hash
@@ -127,15 +126,13 @@ def test_feature_store_serves_a_new_task_without_recomputing(less, pool, targets
     computed = selector.store_.misses
     # A second worker, a new task: every pool feature comes from the store.
     fresh = LessSelector(**TINY, feature_store=store)
-    fresh.setup(CONTEXT)
-    fresh.fit({"food": targets["food"]}, prepared)
+    fresh.setup(CONTEXT, prepared, {"food": targets["food"]})
     again = fresh.score(some)
     assert fresh.store_.hits == 3 and fresh.store_.misses == 0 and computed >= 3
     np.testing.assert_array_equal(again["score_less_food"], first["score_less_food"])
     # Another projection is another feature: nothing is reused by mistake.
     other = LessSelector(**TINY, feature_store=store, proj_seed=1)
-    other.setup(CONTEXT)
-    other.fit({"food": targets["food"]}, prepared)
+    other.setup(CONTEXT, prepared, {"food": targets["food"]})
     other.score(some)
     assert other.store_.hits == 0 and other.store_.misses == 3
 
@@ -222,10 +219,9 @@ def test_warm_up_of_a_given_local_model(tiny_causal, pool, targets, tmp_path):
                             epochs=2, batch_size=16, feature_store=str(tmp_path / "store"))
     assert selector.settings()["preset"] == "paper" and selector.settings()["proj_dim"] == 128
     prepared = selector.prepare(PoolSample(lambda: pool), targets, CONTEXT)
-    proxy = TrainedProxy.open(prepared["proxy"])
+    proxy = TrainedProxy.open(prepared.proxy)
     assert proxy.mode == "lora" and proxy.base == tiny_causal and len(proxy.checkpoints) == 2
-    selector.setup(CONTEXT)
-    selector.fit(targets, prepared)
+    selector.setup(CONTEXT, prepared, targets)
     scores = selector.score(pool[:30])
     assert set(scores) == {"score_less_animal", "score_less_food"}
     assert np.isfinite(scores["score_less_food"]).all() and np.ptp(scores["score_less_food"]) > 0

@@ -55,19 +55,18 @@ def color(pool, targets_dir):
     targets = read_targets(targets_dir)
     selector = ColorFilterSelector(**TINY_COLOR)
     prepared = selector.prepare(PoolSample(lambda: pool), targets, CONTEXT)
-    selector.setup(CONTEXT)
-    selector.fit(targets, prepared)
+    selector.setup(CONTEXT, prepared, targets)
     return selector, prepared, selector.score(pool)
 
 
 def test_color_score_is_prior_loss_minus_conditional_loss(color, pool):
     selector, prepared, scores = color
     assert set(scores) == {"score_color_animal", "score_color_food"}
-    prior, tok = TrainedProxy.open(prepared["prior"]["path"]).load()
-    food = TrainedProxy.open(prepared["conditional"]["food"]["path"])
+    prior, tok = TrainedProxy.open(prepared.prior["path"]).load()
+    food = TrainedProxy.open(prepared.conditional["food"]["path"])
     # The conditional starts from the prior's final weights, with its own (fresh) schedule.
     inputs = json.loads((food.path / "inputs.json").read_text())
-    assert inputs["kind"] == "finetune" and inputs["start"]["proxy"] == prepared["prior"]["key"]
+    assert inputs["kind"] == "finetune" and inputs["start"]["proxy"] == prepared.prior["key"]
     assert food.checkpoints[0].step == 4  # 32 targets / batch 8: counted from zero, not from the prior's steps
     cond, _ = food.load()
     some = pool[:12]
@@ -158,9 +157,8 @@ def test_classification_scores_flag_mislabelled_records(cls, labelled):
     records, flipped = labelled
     selector = cls(runs=2, head_hidden=32, head_epochs=10)
     prepared = selector.prepare(PoolSample(lambda: records), None, CONTEXT)
-    assert prepared["data_kind"] == "classification" and prepared["examples"] == len(records)
-    selector.setup(CONTEXT)
-    selector.fit(None, prepared)
+    assert prepared.data_kind == "classification" and prepared.examples == len(records)
+    selector.setup(CONTEXT, prepared, None)
     unlabelled = {"id": "x", "messages": None, "text": "A plain record with no label.", "extra": None}
     scores = selector.score(records + [unlabelled])[f"score_{cls.name}"]
     assert scores.dtype == np.float32 and np.isnan(scores[-1]) and np.isfinite(scores[:-1]).all()
@@ -175,13 +173,12 @@ def test_lm_el2n_averages_runs_of_sequence_stats():
     rows = demo_records(200)
     selector = EL2NSelector(**TINY_LM)
     prepared = selector.prepare(PoolSample(lambda: rows), None, CONTEXT)
-    assert prepared["data_kind"] == "lm" and len(prepared["proxies"]) == 2
-    assert prepared["proxies"][0]["key"] != prepared["proxies"][1]["key"]  # independent runs (seeds)
-    selector.setup(CONTEXT)
-    selector.fit(None, prepared)
+    assert prepared.data_kind == "lm" and len(prepared.proxies) == 2
+    assert prepared.proxies[0]["key"] != prepared.proxies[1]["key"]  # independent runs (seeds)
+    selector.setup(CONTEXT, prepared, None)
     scores = selector.score(rows[:10])["score_el2n"]
     runs = []
-    for spec in prepared["proxies"]:
+    for spec in prepared.proxies:
         model, tok = TrainedProxy.open(spec["path"]).load()
         runs.append(sequence_stats(model, encode_records(tok, rows[:10], 64))["el2n"])
     np.testing.assert_allclose(scores, np.mean(runs, axis=0), atol=1e-6)
@@ -210,16 +207,14 @@ def test_given_model_is_warmed_up_as_the_prior_and_as_lora_runs_for_grand(tiny_c
     targets = read_targets(targets_dir)
     color = ColorFilterSelector(model=tiny_causal, sample_size=120, prior_epochs=1, batch_size=16, finetune_epochs=1)
     prepared = color.prepare(PoolSample(lambda: rows), targets, CONTEXT)
-    prior = json.loads((Path(prepared["prior"]["path"]) / "inputs.json").read_text())
+    prior = json.loads((Path(prepared.prior["path"]) / "inputs.json").read_text())
     assert prior["kind"] == "warmup" and prior["base"] == tiny_causal and prior["n_examples"] == 120
-    color.setup(CONTEXT)
-    color.fit(targets, prepared)
+    color.setup(CONTEXT, prepared, targets)
     assert np.isfinite(color.score(rows[:8])["score_color_food"]).all()
 
     grand = GraNdSelector(model=tiny_causal, mode="lora", runs=2, sample_size=60, batch_size=16)
     prepared = grand.prepare(PoolSample(lambda: rows), None, CONTEXT)
-    grand.setup(CONTEXT)
-    grand.fit(None, prepared)
+    grand.setup(CONTEXT, prepared, None)
     scores = grand.score(rows[:8])["score_grand"]
     assert np.isfinite(scores).all() and (scores > 0).all()
     model, _ = grand.proxies_[0]

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tamis
+from tamis.errors import RunFolderError
 from tamis.pipeline.run import count_outputs
 
 from .conftest import DEMO, demo_records, write_jsonl
@@ -147,7 +148,7 @@ def test_rerun_resumes_from_finished_shards(tmp_path, pool, targets_dir, tiny_en
 def test_another_config_in_the_same_folder_needs_overwrite(tmp_path, pool, targets_dir, tiny_encoder):
     path, _ = pool
     run(tmp_path, path, targets_dir, tiny_encoder)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(RunFolderError, match="another scoring config.*--overwrite"):
         run(tmp_path, path, targets_dir, tiny_encoder, max_length=64)
     run(tmp_path, path, targets_dir, tiny_encoder, max_length=64, overwrite=True)
 

@@ -4,6 +4,7 @@ Flink and Dataflow cannot be reached from here; the PortableRunner with an embed
 and LOOPBACK workers runs the same portable Fn API path they use (pipeline proto, pickled DoFns,
 coders), and DirectRunner's multi_processing mode runs the work in separate worker processes.
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -64,30 +65,34 @@ def test_portable_and_multiprocess_runners_match_the_default_bit_for_bit(tmp_pat
 def _graph(tmp_path, targets_dir, tiny_encoder):
     """The real pass-1 and pass-2 graphs of a run, built and not run."""
     from tamis.api import load_config
-    from tamis.pipeline.chunks import InputFile
     from tamis.pipeline.options import pipeline_options
-    from tamis.pipeline.run import build_selectors, custom_rule, score_pipeline
-    from tamis.pipeline.selection import Ranking, selection_pipeline
-    from tamis.pipeline.sources import read_targets
-    from tamis.schemas.output import output_schema
+    from tamis.pipeline.plan import Plan
+    from tamis.pipeline.run import score_pipeline
+    from tamis.pipeline.selection import Driver, selection_pipeline
     from tamis.selectors.rds import RDSSelector
+    from tamis.selectors.rules import Choice, TableRule
 
     pool = write_jsonl(tmp_path / "pool.jsonl", demo_records(30))
     config = load_config(None, pool=[str(pool)], target=targets_dir, out=str(tmp_path / "out"), param={"model": tiny_encoder})
-    targets = read_targets(config.target)
-    selectors = build_selectors(config, targets)
-    schema = output_schema([c for s in selectors for c in s.columns(s.task_names(targets))])
-    score = score_pipeline(config, [InputFile(0, str(pool), 30, 100)], set(), targets, selectors, schema)
-    columns = selectors[0].score_columns(selectors[0].task_names(targets))
+    plan = Plan.build(config)
+    plan.count_files()
+    targets = plan.targets
+    score = score_pipeline(plan, set())
 
-    class OwnRule(RDSSelector):  # pass 2 takes another path for a selector with its own selection rule
-        custom_selection = True
+    class FirstRows(TableRule):  # pass 2 takes another path for a rule that sees every eligible row
+        def choose(self, table, k, seed, records):
+            return Choice(table.column("id").to_pylist()[:k])
+
+    class OwnRule(RDSSelector):
+        def selection_rule(self):
+            return FirstRows()
 
     pipelines = [score]
-    for custom in (None, custom_rule(OwnRule(model=tiny_encoder), {}, targets, config)):
+    for rule in (plan.ranking({}), dataclasses.replace(plan.ranking({}), rule=FirstRows(),
+                                                       driver=Driver("rds", {"model": tiny_encoder}, None, targets,
+                                                                     plan.context()))):
         select = beam.Pipeline(options=pipeline_options(config))
-        selection_pipeline(select, config.out, [f"{config.out}/shards/part-0000-00000.parquet"],
-                           Ranking(columns, custom=custom), 5, 30)
+        selection_pipeline(select, config.out, [f"{config.out}/shards/part-0000-00000.parquet"], rule, 30)
         pipelines.append(select)
     return config, targets, pipelines
 

@@ -98,7 +98,7 @@ def test_el2n_and_grand_on_smollm2(small_run, smollm2, tmp_path, name):
     """Each run fine-tunes SmolLM2 briefly with LoRA; sample_size=null trains on every pool row,
     so each score is data_diet's: the error on a row the model trains on, early in training."""
     table, manifest = small_run(tmp_path / name, name, f"{name}.model={smollm2}", f"{name}.mode=lora",
-                                f"{name}.runs=1", f"{name}.sample_size=null", f"{name}.lr=1e-4",
+                                f"{name}.runs=1", f"{name}.sample_size=null", f"{name}.lr=1.0e-4",
                                 f"{name}.batch_size=4", target=False)
     finite(table, f"score_{name}")
     proxy = manifest["prepared"][name]["proxies"][0]
@@ -110,7 +110,7 @@ def test_irt_crowd_from_the_pretrained_model(small_run, smollm2, tmp_path):
     """The crowd is SmolLM2 itself plus the checkpoints of one short LoRA fine-tune on the pool."""
     table, manifest = small_run(tmp_path / "irt", "irt", f"irt.model={smollm2}", "irt.sample_size=4",
                                 "irt.calibration_size=4", "irt.crowd_checkpoints=2", "irt.proxy_epochs=1",
-                                "irt.batch_size=2", "irt.crowd_lora_r=2", "irt.crowd_lr=1e-3",
+                                "irt.batch_size=2", "irt.crowd_lora_r=2", "irt.crowd_lr=1.0e-3",
                                 "irt.irt_prior=vague", target=False)
     finite(table, "difficulty")
     prepared = manifest["prepared"]["irt"]

@@ -1,13 +1,24 @@
-"""The ``tamis`` command line (typer). Every command has a Python twin in ``tamis.api``."""
+"""The ``tamis`` command line (typer). Every command has a Python twin in ``tamis.api``.
+
+Errors take one shape: :class:`TamisGroup` is the one place where a failure the user can fix
+(see :mod:`tamis.cli.errors`) becomes one line ``tamis: ...`` and a non-zero exit status, and
+Ctrl-C becomes one line and status 130. ``tamis --debug ...`` (or ``TAMIS_DEBUG=1``) adds the
+traceback. Anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
 
 class _BeamImportNoise(logging.Filter):
@@ -20,25 +31,92 @@ class _BeamImportNoise(logging.Filter):
 
 logging.getLogger().addFilter(_BeamImportNoise())
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="tamis: pick the training data worth training on.")
+
+class _WorkerFailureNoise(logging.Filter):
+    """Beam logs a failing DoFn's traceback before re-raising it; the error line says it once.
+    Kept with ``--debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or debug_enabled()
+
+
+# Loggers that print a worker failure's traceback on its way up to us.
+_BEAM_FAILURE_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker",
+                         "apache_beam.runners.portability.fn_api_runner.fn_runner",
+                         "apache_beam.runners.worker.data_plane",
+                         "apache_beam.runners.portability.local_job_service")
+
+_debug = {"on": False}  # set by --debug for this invocation
+
+
+def debug_enabled() -> bool:
+    return _debug["on"] or os.environ.get("TAMIS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 console = Console(stderr=True)
 out_console = Console()
 
 
-def fail(message: str) -> None:
-    """One clear line on stderr, exit status 2."""
-    console.print(f"[bold red]tamis:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def say_error(message: str) -> None:
+    """One line on stderr: ``tamis: <message>`` (the message is never read as markup)."""
+    console.print(Text.assemble(("tamis:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
-def _user_errors():
-    from pydantic import ValidationError
+class TamisGroup(TyperGroup):
+    """Runs a command; the one place that turns a user-caused failure into one line."""
 
-    from ..schemas.config import config_error_line
-    from ..schemas.records import RecordError
+    def invoke(self, ctx: click.Context):
+        from .errors import EXIT_INTERRUPTED, INTERRUPTED, interrupted, user_error
 
-    return ValidationError, config_error_line, (ValueError, KeyError, FileNotFoundError, FileExistsError, RecordError, TypeError)
+        def stop(line: str, status: int):
+            if debug_enabled():
+                traceback.print_exc()
+            say_error(line)
+            return typer.Exit(status)
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise stop(INTERRUPTED, EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if interrupted(exc):  # Ctrl-C inside a Beam worker arrives wrapped in a RuntimeError
+                raise stop(INTERRUPTED, EXIT_INTERRUPTED) from None
+            found = user_error(exc)
+            if found is None:
+                raise  # a bug in tamis: its traceback is what a report needs
+            raise stop(*found) from None
+
+
+app = typer.Typer(cls=TamisGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tamis: pick the training data worth training on.")
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", envvar="TAMIS_DEBUG",
+                               help="print a failure's traceback too, not only its one line (also TAMIS_DEBUG=1)"),
+):
+    """tamis: pick the training data worth training on."""
+    _debug["on"] = debug
+    for name in _BEAM_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _WorkerFailureNoise) for f in logger.filters):
+            logger.addFilter(_WorkerFailureNoise())
+
+
+def storage_options(ctx: typer.Context) -> None:
+    """The command's extra arguments are Beam options (``--s3_endpoint_url=...``): handed to Beam's
+    filesystems before the first read; a name Beam does not know fails with one line."""
+    from ..errors import ConfigError
+    from ..io.filesystems import use_beam_options
+    from ..pipeline.options import unknown_options
+
+    unknown = unknown_options(ctx.args)  # a bad value raises OptionsError, a ConfigError
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]}: neither tamis nor Beam knows it")
+    use_beam_options(ctx.args)
 
 
 def print_metrics(metrics: dict) -> None:
@@ -76,7 +154,9 @@ def select(
     target: Optional[list[str]] = typer.Option(None, "--target", help="task=path of target examples (repeatable)"),
     selector: Optional[list[str]] = typer.Option(None, "--selector", help="selector name (repeatable); see `tamis selectors`"),
     select_by: Optional[str] = typer.Option(None, "--select-by", help="the selector whose scores drive the selection"),
-    budget: Optional[float] = typer.Option(None, "--budget", help="rows to select: <1 a fraction of accepted rows, >=1 a count"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="rows to select: <1 a fraction of the eligible rows (accepted, not a target match; a skip window comes off the top), >=1 a count"),
+    budget_per_task: Optional[bool] = typer.Option(None, "--budget-per-task/--shared-budget", help="each task takes the whole budget (LESS, CoLoR-Filter references), or tasks share it round-robin (default)"),
+    duplicates: Optional[str] = typer.Option(None, "--duplicates", help="round-robin: a task whose best row is taken takes its next (next, default) or loses its turn (turn, RDS+ reference)"),
     param: Optional[list[str]] = typer.Option(None, "--param", help="selector parameter key=value or name.key=value (repeatable)"),
     out: Optional[str] = typer.Option(None, "--out", help="output folder"),
     shard_rows: Optional[int] = typer.Option(None, "--shard-rows", help="rows per work unit and output shard"),
@@ -101,57 +181,45 @@ def select(
     from ..pipeline.run import run_select
     from ..schemas.config import parse_param_pairs, parse_target_pairs
 
-    ValidationError, error_line, user_errors = _user_errors()
-    try:
-        overrides = dict(pool=pool or None, selector=selector or None, select_by=select_by, budget=budget, out=out,
-                         shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
-                         decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
-                         workers=workers, overwrite=overwrite, score_attempts=score_attempts, beam_args=list(ctx.args) or None)
-        if target:
-            overrides["target"] = parse_target_pairs(target)
-        if param:
-            overrides["param"] = parse_param_pairs(param)
-        cfg = load_config(config, **overrides)
-    except ValidationError as e:
-        fail(error_line(e))
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    overrides = dict(pool=pool or None, selector=selector or None, select_by=select_by, budget=budget, out=out,
+                     budget_per_task=budget_per_task, duplicates=duplicates,
+                     shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
+                     decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
+                     workers=workers, overwrite=overwrite, score_attempts=score_attempts, beam_args=list(ctx.args) or None)
+    if target:
+        overrides["target"] = parse_target_pairs(target)
+    if param:
+        overrides["param"] = parse_param_pairs(param)
+    cfg = load_config(config, **overrides)
     if dry_run:
         from ..pipeline.launch import dry_run as check_run
 
-        try:
-            plan = check_run(cfg)
-        except user_errors as e:
-            fail(str(e).strip("'\""))
+        plan = check_run(cfg)
         out_console.print("\n".join(plan.lines()), highlight=False, markup=False, soft_wrap=True)
         return
-    try:
-        summary = run_select(cfg, progress=progress and sys.stderr.isatty())
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    summary = run_select(cfg, progress=progress and sys.stderr.isatty())
     out_console.print(f"[bold]tamis select[/] -> {cfg.out}", highlight=False)
     print_counts(summary.counts, summary.timings, summary.chunks, summary.manifest.get("notes"))
     print_metrics(summary.manifest.get("metrics", {}))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def reselect(
+    ctx: typer.Context,
     out: str = typer.Argument(..., help="a finished run folder"),
     budget: float = typer.Option(..., "--budget", help="rows to select: <1 a fraction, >=1 a count"),
     runner: str = typer.Option("DirectRunner", "--runner"),
     workers: int = typer.Option(1, "--workers"),
     task: Optional[list[str]] = typer.Option(None, "--task", help="select for these tasks only (repeatable)"),
+    budget_per_task: Optional[bool] = typer.Option(None, "--budget-per-task/--shared-budget", help="as tamis select; default: as the run was made"),
+    duplicates: Optional[str] = typer.Option(None, "--duplicates", help="as tamis select (next or turn); default: as the run was made"),
 ):
     """Select again with a new budget, reusing the scores (no model runs)."""
     from ..pipeline.run import run_reselect
+    from ..schemas.config import check_budget
 
-    ValidationError, error_line, user_errors = _user_errors()
-    try:
-        summary = run_reselect(out, budget, runner=runner, workers=workers, tasks=task or None)
-    except ValidationError as e:
-        fail(error_line(e))
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    summary = run_reselect(out, check_budget(budget), runner=runner, workers=workers, beam_args=list(ctx.args),
+                           tasks=task or None, budget_per_task=budget_per_task, duplicates=duplicates)
     print_counts(summary.counts, notes=summary.manifest.get("notes"))
 
 
@@ -175,37 +243,38 @@ def list_selectors():
     out_console.print(table)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def inspect(
+    ctx: typer.Context,
     out: str = typer.Argument(..., help="a run folder"),
     top: int = typer.Option(5, "--top", help="top-ranked examples shown per task"),
 ):
     """Print a run's counts, its top-ranked examples per task, and score histograms."""
     from .inspect import inspect_run
 
-    try:
-        inspect_run(out, top, out_console)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        fail(str(e).strip("'\""))
+    storage_options(ctx)
+    inspect_run(out, top, out_console)
 
 
 @app.command()
 def demo(
     out: str = typer.Option("runs/demo", "--out", help="output folder"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace another run in --out"),
 ):
     """Run RDS+ on the bundled demo pool (2,000 WordNet definitions, a few broken lines)."""
     from ..demo import demo_config
     from ..pipeline.run import run_select
     from .inspect import inspect_run
 
-    run_select(demo_config(out), progress=progress and sys.stderr.isatty())
+    run_select(demo_config(out, overwrite=overwrite), progress=progress and sys.stderr.isatty())
     out_console.print(f"[bold]tamis demo[/] -> {out}", highlight=False)
     inspect_run(out, 3, out_console)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def evaluate(
+    ctx: typer.Context,
     out: str = typer.Argument(..., help="a finished run folder"),
     eval_: list[str] = typer.Option(..., "--eval", help="task=path of held-out eval examples (repeatable)"),
     baselines: str = typer.Option("random,full", "--baselines", help="comma-separated: random, full"),
@@ -222,31 +291,25 @@ def evaluate(
     from ..evaluate import EvalSettings, evaluate_run, format_table
     from ..schemas.config import parse_target_pairs
 
-    ValidationError, error_line, user_errors = _user_errors()
-    try:
-        evals = parse_target_pairs(eval_)
-        label_of = parse_target_pairs(label) if label else {}
-        results = evaluate_run(out, evals, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
-                               seeds=seeds, settings=EvalSettings(steps=steps, batch_size=batch_size),
-                               labels=labels, label_field=label_field, label_of=label_of, k=k,
-                               progress=progress and sys.stderr.isatty())
-    except ValidationError as e:
-        fail(error_line(e))
-    except user_errors as e:
-        fail(str(e).strip("'\""))
+    storage_options(ctx)
+
+    evals = parse_target_pairs(eval_)
+    label_of = parse_target_pairs(label) if label else {}
+    results = evaluate_run(out, evals, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+                           seeds=seeds, settings=EvalSettings(steps=steps, batch_size=batch_size),
+                           labels=labels, label_field=label_field, label_of=label_of, k=k,
+                           progress=progress and sys.stderr.isatty())
     out_console.print(format_table(results))
     out_console.print(f"written {out.rstrip('/')}/evaluate.json ({results['total_s']:.0f}s)", highlight=False)
 
 
-@app.command()
-def report(out: str = typer.Argument(..., help="a run folder")):
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def report(ctx: typer.Context, out: str = typer.Argument(..., help="a run folder")):
     """Write OUT/report.html: score plots, selection breakdowns and the evaluate table."""
     from ..report import write_report
 
-    try:
-        path = write_report(out)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        fail(str(e).strip("'\""))
+    storage_options(ctx)
+    path = write_report(out)
     out_console.print(f"written {path}", highlight=False)
 
 

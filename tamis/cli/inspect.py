@@ -30,21 +30,28 @@ def _snippet(row: dict, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def inspect_run(out: str, top: int, console: Console) -> None:
-    import pyarrow as pa
+def inspect_run(out: str, top: int, console: Console) -> bool:
+    """Print the run; for an unfinished one, say so plainly and what is on disk. True when finished."""
+    from ..io.runfolder import FINISH_HINT, RunFolder
+    from ..pipeline.run import count_outputs
 
-    from ..api import _shard_files
-    from ..pipeline.run import _read_json, count_outputs
-
-    out = out.rstrip("/")
-    manifest = _read_json(f"{out}/manifest.json") or {}
-    counts = count_outputs(out)
+    folder = RunFolder(out)
+    folder.require_exists()
+    missing = folder.unfinished()
+    if missing is not None:
+        holder = folder.running_holder()
+        console.print(f"unfinished: {missing}" + (f" (a run by {holder} may still be writing it)" if holder else ""),
+                      highlight=False, markup=False, soft_wrap=True)
+        c = count_outputs(folder.path)
+        console.print(f"  on disk so far: {len(folder.shards())} shards, {c['accepted']} rows scored, "
+                      f"{c['rejected']} rejected; {FINISH_HINT}", highlight=False, markup=False, soft_wrap=True)
+        return False
+    manifest = folder.read_manifest() or {}
+    counts = count_outputs(folder.path)
     from . import print_counts
 
     print_counts(counts)
-    import pyarrow.parquet as pq
-
-    table = pa.concat_tables(pq.read_table(f) for f in _shard_files(out))
+    table = folder.read_shards()
     ranking = manifest.get("resolved", {}).get("ranking_columns", {})
     score_cols = [f.name for f in table.schema if f.name.startswith("score_")]
     selected = table.filter(table.column("selected")).sort_by([("rank", "ascending")])
@@ -65,3 +72,4 @@ def inspect_run(out: str, top: int, console: Console) -> None:
         console.print(f"{col:<28} {histogram_line(values)}", highlight=False)
     if manifest.get("timings"):
         console.print("timings: " + json.dumps({k: round(v, 2) for k, v in manifest["timings"].items()}), highlight=False)
+    return True

@@ -48,33 +48,31 @@ def train_proxy(
     json_output: Annotated[bool, typer.Option("--json", help="print a JSON summary instead of text")] = False,
 ) -> None:
     """Train the proxy models selectors use, or reuse cached ones."""
-    import yaml
     from pydantic import ValidationError
     from transformers.utils import logging as hf_logging
 
+    from ..pipeline.plan import read_yaml_config
+    from ..errors import ConfigError
     from ..models.build import build_proxy
+    from ..models.devices import check_device
     from ..models.train import finetune_proxy
     from ..models.train import train_proxy as warm_up
     from ..pipeline.sources import read_records, read_targets
-    from ..schemas.config import config_error_line
+    from ..schemas.config import check_device_name, config_error_line
     from ..schemas.proxy import ProxyModelConfig, TrainConfig
 
-    sections = yaml.safe_load(config.read_text()) if config else {}
-    sections = sections or {}
+    check_device(check_device_name(device))
+    sections = read_yaml_config(config) if config else {}
     unknown = set(sections) - {"build", "train", "finetune"}
     flags = {"mode": mode, "fraction": fraction, "max_examples": max_examples, "epochs": epochs, "lr": lr, "seed": seed}
+    if unknown:
+        raise ConfigError(f"unknown config section {sorted(unknown)[0]!r} (expected build, train, finetune)")
     try:
-        if unknown:
-            raise ValueError(f"unknown config section {sorted(unknown)[0]!r} (expected build, train, finetune)")
         build_config = ProxyModelConfig(**(sections.get("build") or {}))
         train_config = TrainConfig(**{**(sections.get("train") or {}), **{k: v for k, v in flags.items() if v is not None}})
         finetune_config = TrainConfig(**{**train_config.model_dump(), "epochs": 1, **(sections.get("finetune") or {})})
     except ValidationError as e:
-        typer.echo(f"error: {config_error_line(e)}", err=True)
-        raise typer.Exit(2) from None
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise ConfigError(config_error_line(e)) from e
 
     hf_logging.disable_progress_bar()  # our own bar shows the training; theirs only show file loading
     lines: list[str] = []

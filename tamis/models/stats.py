@@ -13,7 +13,8 @@ results, are fixed by the examples themselves. Outputs come back in input order.
   backward to the layers' outputs and an einsum of inputs by output gradients per example
   (``"linear"``); for any other parameters, ``torch.func.vmap`` over ``grad`` of
   ``functional_call`` (``"vmap"``). The same step can Adam-precondition the gradients (LESS),
-  project them and L2-normalize them.
+  project them and L2-normalize them; when a chunk's gradients exceed a block budget they are
+  made, preconditioned and projected a weight at a time and never held whole.
 
 An example with no scored token (say, its answer was truncated away) gets a NaN loss and EL2N,
 a count of 0 and a zero gradient.
@@ -30,6 +31,9 @@ from .lm import pad_token_id as _pad_id
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+# What the projection of per-example gradients may hold at once besides the model and its output
+# (LESS's ``block_mb``): a chunk's whole gradients when they fit, else one piece of them.
+DEFAULT_BLOCK_BYTES = 256 << 20
 
 
 def el2n_from_logits(logits, targets):
@@ -164,13 +168,19 @@ def linear_weight_modules(model, names: Sequence[str]) -> list | None:
 
 
 def _iter_linear_grad_chunks(model, examples: Sequence[Encoded], names: list[str], modules: list, *,
-                             chunk_size: int, batch_tokens: int) -> Iterator[tuple[list[int], object]]:
+                             chunk_size: int, batch_tokens: int,
+                             piece_bytes: int | None = None) -> Iterator[tuple[list[int], object]]:
     """Per-example gradients of Linear weights from one batched backward.
 
     For y = x W^T the gradient of example n's loss is sum_t dL_n/dy[n, t] x[n, t]^T. Examples in
     a batch do not interact (causal mask, padding masked out, no batch statistics), so the
     gradient of the *sum* of per-example losses with respect to y[n] is example n's own; the
     per-example weight gradient is then one batched matmul of output gradients by inputs.
+
+    With ``piece_bytes`` None each chunk's gradients come whole, [n, D]. Otherwise they come as an
+    iterator of pieces ``(name, start, values [n, width])`` in parameter order, each a run of whole
+    rows of one weight and at most ``piece_bytes`` (or one row), made only when asked for: the
+    whole [n, D] never exists. Consume each chunk's pieces before asking for the next chunk.
     """
     import torch
 
@@ -179,6 +189,26 @@ def _iter_linear_grad_chunks(model, examples: Sequence[Encoded], names: list[str
 
     def remember(module, inputs, output):
         calls[id(module)].append((inputs[0], output))
+
+    def weight_grad(m, parts, n, rows=slice(None)):
+        """Rows ``rows`` of the weight's per-example gradients [n, out_rows, in], summed over calls."""
+        total = None
+        for x, dy in parts:
+            x2 = x.reshape(n, -1, x.shape[-1]).float()
+            dy2 = dy.reshape(n, -1, dy.shape[-1])[:, :, rows].float()
+            part = torch.bmm(dy2.transpose(1, 2), x2)  # [n, out, in]
+            total = part if total is None else total + part
+        if total is None:
+            total = torch.zeros((n, *m.weight[rows].shape), device=device)
+        return total
+
+    def pieces_of(per_module, n):
+        for name, m, parts in zip(names, modules, per_module):
+            out_rows, in_cols = m.weight.shape
+            step = max(1, piece_bytes // max(1, n * in_cols * 4))
+            for r0 in range(0, out_rows, step):
+                r1 = min(r0 + step, out_rows)
+                yield name, r0 * in_cols, weight_grad(m, parts, n, slice(r0, r1)).reshape(n, -1)
 
     handles = [m.register_forward_hook(remember) for m in modules]
     named = dict(model.named_parameters())
@@ -197,21 +227,29 @@ def _iter_linear_grad_chunks(model, examples: Sequence[Encoded], names: list[str
                 losses = nll.sum(1) / scored.sum(1).clamp_min(1)
                 outputs = [out for m in modules for _, out in calls[id(m)]]
                 grads_out = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
-            pieces, g = [], iter(grads_out)
-            for m in modules:
-                total = None
-                for x, _ in calls[id(m)]:
-                    dy = next(g)
-                    if dy is None:
-                        continue
-                    x2 = x.reshape(len(chunk), -1, x.shape[-1]).float()
-                    dy2 = dy.reshape(len(chunk), -1, dy.shape[-1]).float()
-                    part = torch.bmm(dy2.transpose(1, 2), x2)  # [n, out, in]
-                    total = part if total is None else total + part
-                if total is None:
-                    total = torch.zeros((len(chunk), *m.weight.shape), device=device)
-                pieces.append(total.reshape(len(chunk), -1))
-            yield chunk, torch.cat(pieces, dim=1)
+            del logits, nll, losses, outputs
+            g = iter(grads_out)
+            # Per module: its calls' (input, output gradient), unused outputs (no gradient) dropped.
+            # Detached: the inputs are part of the autograd graph (LoRA weights upstream require
+            # grad), and anything computed from them with grad mode on would record a graph that
+            # keeps every intermediate alive, the projection's tiles included (one tile saved per
+            # addmm: the whole projection matrix, before this was detached).
+            per_module = [[(x.detach(), dy) for (x, _), dy in zip(calls[id(m)], g) if dy is not None] for m in modules]
+            del grads_out, g
+            for seen in calls.values():
+                seen.clear()  # the outputs are no longer needed; inputs live on in per_module
+            if piece_bytes is None:
+                # Written into one [n, D] tensor module by module: no list of parts to concatenate.
+                flat = torch.empty((len(chunk), sum(m.weight.numel() for m in modules)), device=device)
+                offset = 0
+                for m, parts in zip(modules, per_module):
+                    flat[:, offset : offset + m.weight.numel()] = weight_grad(m, parts, len(chunk)).reshape(len(chunk), -1)
+                    offset += m.weight.numel()
+                yield chunk, flat
+                del flat
+            else:
+                yield chunk, pieces_of(per_module, len(chunk))
+            del per_module
     finally:
         for h in handles:
             h.remove()
@@ -222,9 +260,13 @@ def _iter_linear_grad_chunks(model, examples: Sequence[Encoded], names: list[str
 
 
 def _iter_grad_chunks(model, examples: Sequence[Encoded], names: list[str], *, chunk_size: int,
-                      batch_tokens: int, method: str = "auto") -> Iterator[tuple[list[int], object]]:
+                      batch_tokens: int, method: str = "auto",
+                      piece_bytes: int | None = None) -> Iterator[tuple[list[int], object]]:
     """(indices, flat fp32 gradients [len(indices), D]) chunk by chunk, by the fastest exact route
-    (``method``: "auto", "linear" or "vmap"; see the module docstring)."""
+    (``method``: "auto", "linear" or "vmap"; see the module docstring). With ``piece_bytes``,
+    (indices, iterator of ``(name, start, values)`` pieces) instead: see
+    :func:`_iter_linear_grad_chunks`. The vmap route makes each chunk's gradients whole anyway
+    and only hands them out parameter by parameter."""
     if method not in ("auto", "linear", "vmap"):
         raise ValueError(f"method must be 'auto', 'linear' or 'vmap', got {method!r}")
     modules = linear_weight_modules(model, names) if method != "vmap" else None
@@ -232,7 +274,7 @@ def _iter_grad_chunks(model, examples: Sequence[Encoded], names: list[str], *, c
         raise ValueError("method='linear' needs every parameter to be the weight of a bias-free nn.Linear")
     if modules is not None:
         yield from _iter_linear_grad_chunks(model, examples, names, modules, chunk_size=chunk_size,
-                                            batch_tokens=batch_tokens)
+                                            batch_tokens=batch_tokens, piece_bytes=piece_bytes)
         return
     import torch
     from torch.func import functional_call, grad, vmap
@@ -250,42 +292,78 @@ def _iter_grad_chunks(model, examples: Sequence[Encoded], names: list[str], *, c
     for chunk in token_batches([len(e) for e in examples], batch_tokens, max_rows=chunk_size):
         ids, mask, labels = pad_batch([examples[i] for i in chunk], pad, device)
         grads = grads_of_chunk(params, ids, mask, labels)
-        flat = torch.cat([grads[k].reshape(len(chunk), -1).float() for k in names], dim=1)
-        yield chunk, flat
+        if piece_bytes is None:
+            yield chunk, torch.cat([grads[k].reshape(len(chunk), -1).float() for k in names], dim=1)
+        else:
+            yield chunk, ((k, 0, grads.pop(k).reshape(len(chunk), -1).float()) for k in names)
 
 
 def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Sequence[str] = "trainable",
                       chunk_size: int = 8, batch_tokens: int = 4096, projector=None, normalize: bool = False,
                       adam_moments: dict | None = None, adam_betas: tuple[float, float] = ADAM_BETAS,
-                      adam_eps: float = ADAM_EPS, project_buffer_bytes: int = 256 << 20,
-                      method: str = "auto") -> np.ndarray:
+                      adam_eps: float = ADAM_EPS, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                      project_buffer_bytes: int | None = None, method: str = "auto") -> np.ndarray:
     """Per-example gradients of the mean scored-token loss, [N, D] or [N, projector.out_dim] fp32.
 
-    ``chunk_size`` rows and ``batch_tokens`` padded tokens per batched pass bound the memory;
+    ``chunk_size`` rows and ``batch_tokens`` padded tokens per batched pass bound the activations;
     ``method`` picks the route (module docstring), "auto" the Linear route whenever it applies.
     Order of operations: Adam preconditioning (when ``adam_moments`` maps each name to
-    (exp_avg, exp_avg_sq)), then the projection, then L2 normalization. Gradients wait in a buffer
-    of up to ``project_buffer_bytes`` before projecting when the projection is too large to keep
-    whole, so its tiles are regenerated once per buffer rather than once per chunk. The model runs in eval mode
-    (no dropout) and its parameters are left untouched.
-    """
-    import torch
+    (exp_avg, exp_avg_sq)), then the projection, then L2 normalization. The model runs in eval
+    mode (no dropout) and its parameters are left untouched.
 
+    ``block_bytes`` bounds what the projection holds besides the model and the output. When a
+    chunk's gradients fit in it (chunk_size x D x 4 bytes), chunks are kept whole and buffered up
+    to ``project_buffer_bytes`` (default ``block_bytes``) before projecting, so regenerated tiles
+    serve many rows. When they do not fit, they stream: each chunk's gradients are made a piece
+    of at most ``block_bytes`` at a time (:func:`_iter_linear_grad_chunks`), Adam-preconditioned
+    with that piece's slice of the moments, and added into the chunk's [chunk, d] projection
+    against the projection's rows for those coordinates, regenerated tile by tile
+    (:class:`~tamis.models.projection.StreamProjection`). Both routes add tile by tile in the same
+    order, so they give the same projected vectors (equal in tests on CPU; at worst they differ
+    by the rounding of a reordered float sum).
+    """
     names = grad_param_names(model, params)
     dim = grad_dim(model, names)
     out_dim = projector.out_dim if projector is not None else dim
     if projector is not None and projector.in_dim != dim:
         raise ValueError(f"projector expects {projector.in_dim} values, the gradients have {dim}")
+    if adam_moments is not None:
+        missing = [k for k in names if k not in adam_moments]
+        if missing:
+            raise KeyError(f"no Adam moments for {missing[:3]}")
     device = model_device(model)
-    moments = flat_moments(adam_moments, names, device) if adam_moments is not None else None
     out = np.zeros((len(examples), out_dim), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        if projector is not None and chunk_size * dim * 4 > block_bytes:
+            _stream_projected(model, examples, names, out, projector, adam_moments, adam_betas, adam_eps,
+                              normalize=normalize, chunk_size=chunk_size, batch_tokens=batch_tokens,
+                              block_bytes=block_bytes, method=method)
+        else:
+            _whole_projected(model, examples, names, out, projector, adam_moments, adam_betas, adam_eps,
+                             normalize=normalize, chunk_size=chunk_size, batch_tokens=batch_tokens,
+                             buffer_bytes=block_bytes if project_buffer_bytes is None else project_buffer_bytes,
+                             block_bytes=block_bytes, method=method, device=device)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _whole_projected(model, examples, names, out, projector, adam_moments, adam_betas, adam_eps, *, normalize,
+                     chunk_size, batch_tokens, buffer_bytes, block_bytes, method, device) -> None:
+    """Chunks' gradients whole, preconditioned, buffered, then projected: for gradients that fit."""
+    import torch
+
+    dim = out.shape[1] if projector is None else projector.in_dim
+    moments = flat_moments(adam_moments, names, device) if adam_moments is not None else None
     pending: list[tuple[list[int], object]] = []
 
     def flush() -> None:
         if not pending:
             return
         rows = [i for chunk, _ in pending for i in chunk]
-        flat = torch.cat([g for _, g in pending])
+        flat = torch.cat([g for _, g in pending]) if len(pending) > 1 else pending[0][1]
         pending.clear()
         if projector is not None:
             flat = projector.project(flat)
@@ -293,21 +371,46 @@ def per_example_grads(model, examples: Sequence[Encoded], *, params: str | Seque
             flat = torch.nn.functional.normalize(flat, dim=1)
         out[rows] = flat.detach().cpu().numpy()
 
-    was_training = model.training
-    model.eval()
-    try:
-        for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens,
-                                             method=method):
-            if moments is not None:
-                flat = adam_precondition(flat, *moments, betas=adam_betas, eps=adam_eps)
-            pending.append((chunk, flat))
-            # A kept matrix costs nothing to reuse: project every chunk and hold no raw gradients.
-            if projector is None or projector.keeps_matrix or sum(len(c) for c, _ in pending) * dim * 4 >= project_buffer_bytes:
-                flush()
-        flush()
-    finally:
-        model.train(was_training)
-    return out
+    for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens,
+                                         method=method):
+        if moments is not None:
+            # In place, a column block at a time: the elementwise update needs no [n, D] temporaries.
+            step = max(1, block_bytes // max(1, 4 * 4 * flat.shape[0]))
+            for s in range(0, dim, step):
+                flat[:, s : s + step] = adam_precondition(flat[:, s : s + step], moments[0][s : s + step],
+                                                          moments[1][s : s + step], betas=adam_betas, eps=adam_eps)
+        pending.append((chunk, flat))
+        del flat
+        # A kept matrix costs nothing to reuse: project every chunk and hold no raw gradients.
+        if projector is None or projector.keeps_matrix or sum(len(c) for c, _ in pending) * dim * 4 >= buffer_bytes:
+            flush()
+    flush()
+
+
+def _stream_projected(model, examples, names, out, projector, adam_moments, adam_betas, adam_eps, *, normalize,
+                      chunk_size, batch_tokens, block_bytes, method) -> None:
+    """Chunk by chunk, gradient pieces of at most ``block_bytes`` preconditioned and projected as
+    they are made: memory is the model, the chunk's activations, [chunk, d] and one block."""
+    import torch
+
+    from .projection import StreamProjection
+
+    for chunk, pieces in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens,
+                                           method=method, piece_bytes=block_bytes):
+        acc = StreamProjection(projector, len(chunk))
+        for name, start, values in pieces:
+            if adam_moments is not None:
+                m, v = adam_moments[name]
+                width = values.shape[1]
+                m = m.reshape(-1)[start : start + width].to(values.device, torch.float32)
+                v = v.reshape(-1)[start : start + width].to(values.device, torch.float32)
+                values = adam_precondition(values, m, v, betas=adam_betas, eps=adam_eps)
+            acc.add(values)
+            del values
+        flat = acc.result()
+        if normalize:
+            flat = torch.nn.functional.normalize(flat, dim=1)
+        out[chunk] = flat.detach().cpu().numpy()
 
 
 def per_example_grad_norms(model, examples: Sequence[Encoded], *, params: str | Sequence[str] = "all",

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from ..schemas.records import RecordError, content_key
-from .sources import file_format, iter_raw, parse_raw, raw_text
+from ..io.files import Damage, count_lines
+from ..schemas.records import RecordError, content_key, escape_raw
+from .sources import iter_raw, parse_raw, raw_text
+
+__all__ = ["Chunk", "InputFile", "ReadChunks", "ValidChunk", "ValidateChunk", "count_lines"]
 
 NAMESPACE = "tamis"
 
@@ -24,7 +27,7 @@ class InputFile:
 
     index: int
     path: str
-    lines: int  # physical lines (JSONL) or rows (Parquet)
+    lines: int  # physical lines (JSONL) or rows (Parquet), +1 for a damaged file: see count_lines
     chunk_rows: int
 
     @property
@@ -37,7 +40,7 @@ class InputFile:
 
 @dataclass
 class Chunk:
-    """Raw lines of one chunk: (line number, bytes or Parquet row dict)."""
+    """Raw lines of one chunk: (line number, bytes, Parquet row dict, or a file's Damage)."""
 
     name: str
     path: str
@@ -56,30 +59,13 @@ class ValidChunk:
     read_seconds: float = 0.0
 
 
-def count_lines(path: str) -> int:
-    """Physical lines in a JSONL file (a last line without newline counts), or Parquet rows."""
-    from .sources import _open
-
-    if file_format(path) == "parquet":
-        import io
-
-        import pyarrow.parquet as pq
-
-        with _open(path) as f:
-            return pq.ParquetFile(io.BytesIO(f.read())).metadata.num_rows
-    n, last = 0, b"\n"
-    with _open(path) as f:
-        while True:
-            block = f.read(1 << 22)
-            if not block:
-                break
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (0 if last == b"\n" else 1)
-
-
 class ReadChunks(beam.DoFn):
-    """Read one input file sequentially and emit its unfinished chunks."""
+    """Read one input file sequentially and emit its unfinished chunks.
+
+    Every planned chunk is emitted, an empty one too (a chunk of blank lines, an empty file, the
+    rows after a damaged part of a file): each gets its shard, so a run always ends with the
+    chunks it planned.
+    """
 
     def __init__(self, done: frozenset[str]):
         self.done = done
@@ -87,18 +73,25 @@ class ReadChunks(beam.DoFn):
 
     def process(self, file: InputFile):
         current: Chunk | None = None
+        emitted: set[str] = set()
         for lineno, raw in iter_raw(file.path):
             k = (lineno - 1) // file.chunk_rows
             name = file.chunk_name(k)
             if current is None or current.name != name:
                 if current is not None and current.name not in self.done:
+                    emitted.add(current.name)
                     yield current
                 current = Chunk(name, file.path)
             if name not in self.done:
                 current.items.append((lineno, raw))
                 self.lines_read.inc()
         if current is not None and current.name not in self.done:
+            emitted.add(current.name)
             yield current
+        for k in range(file.n_chunks):
+            name = file.chunk_name(k)
+            if name not in self.done and name not in emitted:
+                yield Chunk(name, file.path)
 
 
 class ValidateChunk(beam.DoFn):
@@ -126,9 +119,13 @@ class ValidateChunk(beam.DoFn):
                 rid = None
                 if isinstance(raw, dict) and isinstance(raw.get("id"), str):
                     rid = raw["id"]
+                elif isinstance(raw, Damage):
+                    rid = raw.id
                 elif str(e).startswith("duplicate id"):
                     rid = record["id"]
-                rejects.append({"id": rid, "raw": raw_text(raw), "reason": str(e), "source": where})
+                # Every string of a reject must be storable: an id or path with a lone surrogate too.
+                rejects.append({"id": None if rid is None else escape_raw(rid), "raw": raw_text(raw),
+                                "reason": escape_raw(str(e)), "source": escape_raw(where)})
                 continue
             seen[record["id"]] = lineno
             records.append(record)

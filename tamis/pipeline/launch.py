@@ -13,8 +13,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from ..io.runfolder import SCORING, RunFolder
 from ..schemas.config import SelectConfig
 from .options import beam_argv, check_options, resolved_options
+from .plan import Plan, load_config
+from .run import score_pipeline
+from .selection import selection_pipeline
 
 
 @dataclass
@@ -50,32 +54,19 @@ def dry_run(config: SelectConfig) -> DryRun:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-    from ..schemas.output import output_schema
-    from .chunks import InputFile
-    from .run import build_selectors, custom_rule, score_pipeline
-    from .selection import Ranking, selection_pipeline
-
     options = check_options(config)
-    tasks = dict(config.target) or None  # task names only: no target file is read
-    selectors = build_selectors(config, tasks)
-    columns = {s.name: [f.name for f in s.columns(s.task_names(tasks))] for s in selectors}
-    schema = output_schema([c for s in selectors for c in s.columns(s.task_names(tasks))])
+    plan = Plan.build(config, read=False)  # task names stand in for targets, patterns for files: nothing read
+    columns = {s.name: [f.name for f in s.columns(s.task_names(plan.targets))] for s in plan.selectors}
 
     def pipeline():
         probe = PipelineOptions(beam_argv(config.runner, config.workers, config.beam_args))
         probe.view_as(TestOptions).dry_run = True  # Beam's own checks make no cloud calls
         return beam.Pipeline(options=probe)
 
-    # Pool patterns stand in for the files they match: listing them could need cloud access.
-    files = [InputFile(i, p, 0, config.shard_rows) for i, p in enumerate(config.pool)]
-    targets = {t: [] for t in tasks} if tasks else None
-    score = score_pipeline(config, files, set(), targets, selectors, schema, pipeline=pipeline())
-    driver = next(s for s in selectors if s.name == config.driver)
-    ranking = Ranking(driver.score_columns(driver.task_names(tasks)), config.decontaminate, driver.skip_top(),
-                      custom_rule(driver, {}, targets, config))
+    score = score_pipeline(plan, set(), pipeline=pipeline())
     select = pipeline()
     selection_pipeline(select, config.out.rstrip("/"), [f"{config.out.rstrip('/')}/shards/part-0000-00000.parquet"],
-                       ranking, config.budget if config.budget is not None else driver.default_budget, 1)
+                       plan.ranking({}), 1)
     protos = {"score": score.to_runner_api(), "select": select.to_runner_api()}
     return DryRun(config.runner, resolved_options(options), columns,
                   {k: len(p.components.transforms) for k, p in protos.items()},
@@ -83,22 +74,20 @@ def dry_run(config: SelectConfig) -> DryRun:
 
 
 def submit_score_pass(config: SelectConfig):
-    """Plan, prepare and submit pass 1 without waiting; returns Beam's PipelineResult."""
-    from ..schemas.output import output_schema
-    from .chunks import InputFile, count_lines
-    from .run import _prepare_out, build_selectors, prepare_selectors, score_pipeline, scoring_key
-    from .sources import expand, read_targets
+    """Plan, prepare and submit pass 1 without waiting; returns Beam's PipelineResult.
 
+    The run folder's lock is held while planning and submitting; the state record says
+    "scoring" until a later ``tamis select`` into the same folder selects and finishes it.
+    """
+    folder = RunFolder(config.out)
     check_options(config)
-    targets = read_targets(config.target) if config.target else None
-    selectors = build_selectors(config, targets)
-    schema = output_schema([c for s in selectors for c in s.columns(s.task_names(targets))])
-    paths = expand(config.pool)
-    files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
-    done = _prepare_out(config, scoring_key(config, paths))
-    prepared = prepare_selectors(config, selectors, targets)
-    planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
-    return score_pipeline(config, files, done & planned, targets, selectors, schema, prepared).run()
+    plan = Plan.build(config)
+    with folder.lock():
+        plan.count_files()
+        done = folder.prepare(plan.resume_key(), config.overwrite) & plan.chunks
+        folder.save_targets(plan.targets)
+        folder.set_state(SCORING, by="select", chunks=len(plan.chunks))
+        return score_pipeline(plan, done, plan.prepare()).run()
 
 
 # Flex Template parameters that are lists: comma-separated in one value.
@@ -115,7 +104,6 @@ def flex_config(argv: list[str]) -> SelectConfig:
     import yaml
     from apache_beam.io.filesystems import FileSystems
 
-    from ..api import load_config
     from ..schemas.config import parse_param_pairs, parse_target_pairs
 
     keys = set(SelectConfig.model_fields) - {"beam_args"} | {"config"}

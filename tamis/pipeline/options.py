@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from urllib.parse import urlparse
 
+from ..errors import ConfigError
+
 # Runner names with checks of their own; any other Beam runner passes through unchecked.
 DATAFLOW, FLINK, PORTABLE, DIRECT = "DataflowRunner", "FlinkRunner", "PortableRunner", "DirectRunner"
 # Hosts where a "remote" runner still runs on this machine (so local paths are visible to it).
@@ -16,7 +18,7 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "0.0.0.0", "::1", "[local]", "[auto]", 
 GPU_OPTION_HINT = "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 
 
-class OptionsError(ValueError):
+class OptionsError(ConfigError):
     """The run's Beam options cannot work; the message is one line that says what to pass."""
 
 
@@ -101,18 +103,72 @@ def _flag_given(beam_args: list[str], name: str) -> bool:
 
 
 def runs_elsewhere(runner: str, options) -> str | None:
-    """Where the workers of a runner that does not run on this machine live, else None."""
+    """Where the workers live when they do not share this machine's disk, else None.
+
+    A job server on ``localhost`` does not make its workers local: EXTERNAL workers come from a
+    worker pool (a sidecar container, another machine) and DOCKER workers from containers, and
+    neither sees this machine's files. Only LOOPBACK and PROCESS workers of a local job server do.
+    """
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
 
     if runner == DATAFLOW:
         return "Dataflow"
+    if runner not in (FLINK, PORTABLE):
+        return None
     if runner == FLINK:
         master = options.view_as(FlinkRunnerOptions).flink_master
-        return None if _host(master) in LOCAL_HOSTS else f"the Flink cluster at {master}"
-    if runner == PORTABLE:
+        if _host(master) not in LOCAL_HOSTS:
+            return f"the Flink cluster at {master}"
+    else:
         endpoint = options.view_as(PortableOptions).job_endpoint
-        return None if _host(endpoint) in LOCAL_HOSTS else f"the job server at {endpoint}"
+        if _host(endpoint) not in LOCAL_HOSTS:
+            return f"the job server at {endpoint}"
+    portable = options.view_as(PortableOptions)
+    environment = (portable.environment_type or "").upper()
+    if environment == "EXTERNAL":
+        return f"the worker pool at {portable.environment_config}"
+    if environment == "DOCKER":
+        image = portable.environment_config or portable.lookup_environment_option("docker_container_image")
+        return f"Docker containers ({image})"
     return None
+
+
+def workers_elsewhere(config) -> str | None:
+    """:func:`runs_elsewhere` for a run config."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return runs_elsewhere(config.runner, PipelineOptions(beam_argv(config.runner, config.workers, config.beam_args)))
+
+
+def local_paths(value) -> list[str]:
+    """Every string in a (nested) value that names a file or folder on this machine's disk."""
+    import os
+
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in local_paths(v)]
+    if isinstance(value, (list, tuple, set)):
+        return [p for v in value for p in local_paths(v)]
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value or is_remote_path(value) or "\n" in value:
+        return []
+    looks_like_path = os.path.isabs(value) or value.startswith(("./", "../", "~")) or value.startswith("file://")
+    if looks_like_path or (os.sep in value and os.path.exists(value)):
+        return [value]
+    return []
+
+
+def check_prepared(config, prepared: dict) -> None:
+    """Refuse, with one line, a run whose workers would be handed a path on this machine's disk
+    by a selector's ``prepare()`` (a proxy, a head, a feature store): they cannot read it there."""
+    where = workers_elsewhere(config)
+    if not where:
+        return
+    for name, record in prepared.items():
+        paths = local_paths(record.to_json() if hasattr(record, "to_json") else record)
+        if paths:
+            raise OptionsError(f"selector {name}: prepare() hands the workers {paths[0]}, a path on this machine's disk "
+                               f"that workers on {where} cannot read")
 
 
 def _check_dataflow(config, options) -> str | None:

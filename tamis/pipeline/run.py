@@ -1,35 +1,32 @@
 """Run a selection: plan the chunks, score them (pass 1), select (pass 2), write the manifest.
 
 Pass 1 writes one shard per chunk and is resumable: a rerun into the same folder with the
-same scoring config skips finished chunks. Pass 2 reads ids and scores only, so it is cheap
-and is all that ``reselect`` runs.
+same scoring config and the same input content skips finished chunks. Pass 2 reads ids and
+scores only, so it is cheap and is all that ``reselect`` runs. Every file goes through
+:class:`tamis.io.runfolder.RunFolder`, which holds the folder's lock for the whole run and
+records its state (scoring, selecting, finished) for readers.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..io.filesystems import read_parquet_metadata, use_beam_options
+from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder
 from ..schemas.config import SelectConfig
-from ..schemas.output import output_schema
 from ..schemas.records import content_key
-from ..selectors import registry
-from ..selectors.base import RunContext
-from .chunks import InputFile, ReadChunks, ValidateChunk, count_lines
-from .options import check_options, pipeline_options
+from ..selectors.base import Prepared
+from ..selectors.rules import SELECTION_REPORT, Resolution
+from .artifacts import publish_prepared
+from .chunks import ReadChunks, ValidateChunk
+from .options import check_options, check_prepared, pipeline_options, workers_elsewhere
+from .plan import Plan
 from .scoring import SelectorModelHandler, WriteShard, models_used
-from .selection import SELECTION_REPORT, Ranking, selection_pipeline
-from .sources import expand, read_records, read_targets
-
-WORK = "_work"
-# Config keys that do not change any score: a run that differs only in these resumes.
-_NOT_SCORING = {"budget", "out", "runner", "workers", "beam_args", "overwrite", "select_by", "decontaminate",
-                "score_attempts"}
-
+from .selection import Ranking, selection_pipeline
+from .sources import read_targets
 
 @dataclass
 class RunSummary:
@@ -40,85 +37,11 @@ class RunSummary:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _fs():
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems
-
-
-def _read_json(path: str) -> dict | None:
-    fs = _fs()
-    if not fs.exists(path):
-        return None
-    with fs.open(path) as f:
-        return json.loads(f.read().decode("utf-8"))
-
-
-def _write_json(path: str, obj: dict) -> None:
-    fs = _fs()
-    tmp = path + ".inprogress"
-    with fs.create(tmp) as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode("utf-8"))
-    if fs.exists(path):
-        fs.delete([path])
-    fs.rename([tmp], [path])
-
-
-def _list(pattern: str) -> list[str]:
-    return sorted(m.path for r in _fs().match([pattern]) for m in r.metadata_list)
-
-
-def scoring_key(config: SelectConfig, files: list[str]) -> str:
-    """What the scores depend on: the scoring config and the input file list."""
-    payload = {k: v for k, v in config.model_dump().items() if k not in _NOT_SCORING}
-    payload["files"] = files
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def build_selectors(config: SelectConfig, targets: dict | None):
-    """Instantiate (not set up) each selector: validates parameters and targets early."""
-    selectors = []
-    for name in config.selector:
-        selector = registry.create(name, config.params_for(name))
-        if selector.needs_target and not targets:
-            raise ValueError(f"selector {name!r} needs --target (task=path)")
-        selectors.append(selector)
-    unknown = {k.partition(".")[0] for k in config.param if "." in k} - set(config.selector)
-    if unknown:
-        raise ValueError(f"--param scoped to a selector not in this run: {sorted(unknown)}")
-    return selectors
-
-
-def _prepare_out(config: SelectConfig, key: str) -> set[str]:
-    """Create OUT, or resume it; returns the names of chunks already scored."""
-    fs = _fs()
-    out = config.out.rstrip("/")
-    plan = _read_json(f"{out}/{WORK}/plan.json")
-    if plan is not None and plan.get("scoring_key") != key:
-        if not config.overwrite:
-            raise FileExistsError(f"{out} holds a run made with another config or pool; pass --overwrite or choose another --out")
-        for sub in ("shards", "rejects", WORK):
-            if fs.exists(f"{out}/{sub}"):
-                fs.delete([f"{out}/{sub}"])
-        plan = None
-    elif plan is None and _list(f"{out}/shards/*.parquet") and not config.overwrite:
-        raise FileExistsError(f"{out} holds shards from an unknown run; pass --overwrite or choose another --out")
-    for sub in ("", "/shards", "/rejects", f"/{WORK}"):
-        if not fs.exists(out + sub):
-            fs.mkdirs(out + sub)
-    _write_json(f"{out}/{WORK}/plan.json", {"scoring_key": key})
-    # Half-written files from a killed run are never mistaken for finished ones.
-    stale = _list(f"{out}/shards/*.inprogress") + _list(f"{out}/rejects/*.inprogress")
-    if stale:
-        fs.delete(stale)
-    return {p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in _list(f"{out}/shards/part-*.parquet")}
-
-
 class _Progress:
     """Counts finished shards on disk while a local pipeline runs (rich progress bar)."""
 
-    def __init__(self, out: str, total: int, already: int, enabled: bool):
-        self.out, self.total, self.already, self.enabled = out, total, already, enabled
+    def __init__(self, folder: RunFolder, total: int, already: int, enabled: bool):
+        self.folder, self.total, self.already, self.enabled = folder, total, already, enabled
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -134,7 +57,7 @@ class _Progress:
                       transient=True) as bar:
             task = bar.add_task("score", total=self.total, completed=self.already)
             while not self._stop.wait(0.5):
-                bar.update(task, completed=len(_list(f"{self.out}/shards/part-*.parquet")))
+                bar.update(task, completed=len(self.folder.shards()))
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -160,67 +83,48 @@ def _metrics(result) -> dict[str, Any]:
     return out
 
 
-def run_context(config: SelectConfig) -> RunContext:
-    return RunContext(device=config.device, dtype=config.dtype, max_length=config.max_length,
-                      batch_tokens=config.batch_tokens, seed=config.seed, work_dir=f"{config.out.rstrip('/')}/{WORK}",
-                      score_attempts=config.score_attempts)
-
-
-def prepare_selectors(config: SelectConfig, selectors, targets) -> dict[str, dict]:
-    """Each selector's once-per-run preparation (proxy training, fits) on a pool sample."""
-    from ..selectors.base import PoolSample
-
-    pool = PoolSample(lambda: read_records(config.pool))
-    context = run_context(config)
-    return {s.name: s.prepare(pool, targets, context) or {} for s in selectors}
-
-
-def score_pipeline(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
-                   prepared: dict[str, dict] | None = None, pipeline=None):
+def score_pipeline(plan: Plan, done: set[str], prepared: dict | None = None, pipeline=None):
     """Pass 1's graph, built and not run (``tamis select --dry-run`` and the Flex Template use it too)."""
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
 
     prepared = prepared or {}
-    handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name, {})) for s in selectors],
-                                   targets, run_context(config))
-    target_keys = frozenset(content_key(r) for examples in (targets or {}).values() for r in examples)
-    pipeline = pipeline or beam.Pipeline(options=pipeline_options(config))
+    handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name)) for s in plan.selectors],
+                                   plan.targets, plan.context())
+    target_keys = frozenset(content_key(r) for examples in (plan.targets or {}).values() for r in examples)
+    pipeline = pipeline or beam.Pipeline(options=pipeline_options(plan.config))
     _ = (pipeline
-         | "Files" >> beam.Create(files)
+         | "Files" >> beam.Create(plan.files)
          | "ReadChunks" >> beam.ParDo(ReadChunks(frozenset(done)))
          | "Distribute" >> beam.Reshuffle()
          | "Validate" >> beam.ParDo(ValidateChunk(target_keys))
          | "AsBatch" >> beam.Map(lambda chunk: [chunk])
          | "Score" >> RunInference(handler.with_no_batching())
-         | "WriteShards" >> beam.ParDo(WriteShard(config.out, schema)))
+         | "WriteShards" >> beam.ParDo(WriteShard(plan.config.out, plan.schema)))
     return pipeline
 
 
-def score_pass(config: SelectConfig, files: list[InputFile], done: set[str], targets, selectors, schema,
-               progress: bool, prepared: dict[str, dict] | None = None) -> dict[str, Any]:
-    pipeline = score_pipeline(config, files, done, targets, selectors, schema, prepared)
-    total = sum(f.n_chunks for f in files)
-    with _Progress(config.out.rstrip("/"), total, len(done), progress and config.runner != "DataflowRunner"):
+def score_pass(plan: Plan, done: set[str], progress: bool, prepared: dict) -> dict[str, Any]:
+    pipeline = score_pipeline(plan, done, prepared)
+    config = plan.config
+    with _Progress(RunFolder(config.out), len(plan.chunks), len(done), progress and config.runner != "DataflowRunner"):
         result = pipeline.run()
         result.wait_until_finish()
     return _metrics(result)
 
 
-def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[str, Any]:
+def select_pass(config: SelectConfig, ranking: Ranking) -> dict[str, Any]:
     import apache_beam as beam
 
-    out = config.out.rstrip("/")
-    report = f"{out}/{WORK}/{SELECTION_REPORT}"
-    if _fs().exists(report):  # from an earlier selection: never merged into this one's manifest
-        _fs().delete([report])
-    shards = _list(f"{out}/shards/part-*.parquet")
+    folder = RunFolder(config.out)
+    folder.delete_work_file(SELECTION_REPORT)  # from an earlier selection: never merged into this one's manifest
+    shards = folder.shards()
     if not shards:
         return {}
     rows = sum(_shard_meta(p)[0] for p in shards)
     # Reading ids and scores is cheap: local worker processes would cost more to start than they save.
     pipeline = beam.Pipeline(options=pipeline_options(config, workers=1))
-    selection_pipeline(pipeline, out, shards, ranking, budget, rows)
+    selection_pipeline(pipeline, folder.path, shards, ranking, rows)
     result = pipeline.run()
     result.wait_until_finish()
     return _metrics(result)
@@ -228,11 +132,7 @@ def select_pass(config: SelectConfig, ranking: Ranking, budget: float) -> dict[s
 
 def _shard_meta(path: str) -> tuple[int, int]:
     """(rows, input lines) of a shard, from its Parquet footer alone."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-
-    with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return _rows_and_lines(pq.read_metadata(f))
+    return _rows_and_lines(read_parquet_metadata(path))
 
 
 def _rows_and_lines(meta) -> tuple[int, int]:
@@ -246,22 +146,21 @@ def count_outputs(out: str) -> dict[str, int]:
     import io
 
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
 
-    out = out.rstrip("/")
+    from ..io.filesystems import read_bytes
+
+    folder = RunFolder(out)
     counts = {"input": 0, "accepted": 0, "rejected": 0, "selected": 0, "matches_target": 0, "duplicates": 0}
-    for path in _list(f"{out}/shards/part-*.parquet"):
-        with _fs().open(path) as f:
-            shard = pq.ParquetFile(io.BytesIO(f.read()))  # one read: footer and two columns
+    for path in folder.shards():
+        shard = pq.ParquetFile(io.BytesIO(read_bytes(path)))  # one read: footer and two columns
+        table = shard.read(columns=["selected", "matches_target"])
         rows, lines = _rows_and_lines(shard.metadata)
         counts["input"] += lines
         counts["accepted"] += rows
-        table = shard.read(columns=["selected", "matches_target"])
         counts["selected"] += sum(table.column("selected").to_pylist())
         counts["matches_target"] += sum(table.column("matches_target").to_pylist())
-    for path in _list(f"{out}/rejects/*.parquet"):
-        with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            n = pq.read_metadata(f).num_rows
+    for path in folder.rejects():
+        n = read_parquet_metadata(path).num_rows
         counts["rejected"] += n
         if path.rsplit("/", 1)[-1].startswith("duplicates-"):
             counts["duplicates"] += n
@@ -273,17 +172,12 @@ def check_counts(counts: dict[str, int]) -> None:
         raise RuntimeError(f"accounting identity broken (input == accepted + rejected, selected <= accepted): {counts}")
 
 
-def run_notes(counts: dict[str, int], budget: float, decontaminate: bool) -> list[str]:
-    """Outcomes a user may not expect, in words: the CLI prints them and the manifest keeps them."""
-    eligible = counts["accepted"] - (counts["matches_target"] if decontaminate else 0)
+def run_notes(counts: dict[str, int], ranking: Ranking, decontaminate: bool) -> tuple[list[str], Resolution]:
+    """Outcomes a user may not expect, in words, from the same budget resolution the selection used."""
+    resolution = ranking.resolve(counts["accepted"] - (counts["matches_target"] if decontaminate else 0))
     if counts["accepted"] == 0:
-        return ["no accepted rows (an empty pool, or every line rejected): nothing was scored or selected"]
-    if budget >= 1 and budget > eligible:
-        return [f"budget {int(budget)} is more than the {eligible} eligible rows: at most {eligible} can be selected"]
-    if budget < 1 and math.floor(budget * eligible) == 0:
-        return [f"budget {budget} of {eligible} eligible rows rounds down to 0 rows: nothing selected "
-                "(give a row count instead)"]
-    return []
+        return ["no accepted rows (an empty pool, or every line rejected): nothing was scored or selected"], resolution
+    return resolution.notes(), resolution
 
 
 def _versions() -> dict[str, str]:
@@ -299,121 +193,142 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _merge_selection_report(manifest: dict, out: str) -> None:
+def _merge_selection_report(manifest: dict, folder: RunFolder) -> None:
     """A custom selection rule's report (per-round weights and the like), when it wrote one."""
-    report = _read_json(f"{out.rstrip('/')}/{WORK}/{SELECTION_REPORT}")
+    report = folder.read_json(f"{WORK}/{SELECTION_REPORT}")
     if report is not None:
         manifest["selection_report"] = report
     else:
         manifest.pop("selection_report", None)
 
 
-def custom_rule(driver, prepared: dict, targets, config: SelectConfig) -> tuple | None:
-    """What pass 2 needs to rebuild the driving selector and run its own selection rule."""
-    if not driver.custom_selection:
-        return None
-    inputs = driver.selection_inputs(driver.task_names(targets))
-    return (driver.name, driver.get_params(), prepared.get(driver.name, {}), targets, run_context(config), inputs)
-
-
 def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
-    """Score and select: the whole ``tamis select`` run."""
+    """Score and select: the whole ``tamis select`` run, holding the run folder's lock throughout."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    use_beam_options(config.beam_args)  # s3/gcs endpoint and credentials, before the first read
+    folder = RunFolder(config.out)
     check_options(config)  # before any work: a bad option fails here, not after the proxy training
-    targets = read_targets(config.target) if config.target else None
-    selectors = build_selectors(config, targets)
-    driver = next(s for s in selectors if s.name == config.driver)
-    columns = [c for s in selectors for c in s.columns(s.task_names(targets))]
-    schema = output_schema(columns)
-    missing = sorted(set(driver.selection_inputs(driver.task_names(targets))) - set(schema.names)) \
-        if driver.custom_selection else []
-    if missing:
-        raise ValueError(f"selector {driver.name!r} selects by column(s) {missing} that no selector in this run "
-                         f"writes (columns: {', '.join(schema.names)})")
-    paths = expand(config.pool)
-    files = [InputFile(i, p, count_lines(p), config.shard_rows) for i, p in enumerate(paths)]
-    done = _prepare_out(config, scoring_key(config, paths))
-    timings["plan_s"] = time.perf_counter() - t0
+    plan = Plan.build(config)
+    with folder.lock():
+        plan.count_files()
+        done = folder.prepare(plan.resume_key(), config.overwrite) & plan.chunks
+        folder.save_targets(plan.targets)
+        folder.set_state(SCORING, by="select", chunks=len(plan.chunks))
+        timings["plan_s"] = time.perf_counter() - t0
 
-    t1 = time.perf_counter()
-    prepared = prepare_selectors(config, selectors, targets)
-    timings["prepare_s"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        prepared = plan.prepare()
+        artifacts: list[dict] = []
+        if workers_elsewhere(config):  # workers share no disk with this machine: publish under OUT
+            prepared, artifacts = publish_prepared(prepared, folder)
+        check_prepared(config, prepared)  # no worker is ever handed a path on this machine's disk
+        timings["prepare_s"] = time.perf_counter() - t1
 
-    t1 = time.perf_counter()
-    planned = {f.chunk_name(k) for f in files for k in range(f.n_chunks)}
-    reused = done & planned
-    # Nothing left to score (a finished or Flex-launched pass 1): only the selection runs.
-    metrics = score_pass(config, files, reused, targets, selectors, schema, progress, prepared) if planned - reused else {}
-    timings["score_s"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        # Nothing left to score (a finished or Flex-launched pass 1): only the selection runs.
+        metrics = score_pass(plan, done, progress, prepared) if plan.chunks - done else {}
+        timings["score_s"] = time.perf_counter() - t1
 
-    budget = config.budget if config.budget is not None else driver.default_budget
-    ranking = Ranking(driver.score_columns(driver.task_names(targets)), config.decontaminate, driver.skip_top(),
-                      custom_rule(driver, prepared, targets, config))
-    t2 = time.perf_counter()
-    metrics.update(select_pass(config, ranking, budget))
-    timings["select_s"] = time.perf_counter() - t2
-    timings["total_s"] = time.perf_counter() - t0
+        ranking = plan.ranking(prepared)
+        folder.set_state(SELECTING, by="select", chunks=len(plan.chunks))
+        t2 = time.perf_counter()
+        metrics.update(select_pass(config, ranking))
+        timings["select_s"] = time.perf_counter() - t2
+        timings["total_s"] = time.perf_counter() - t0
 
-    counts = count_outputs(config.out)
-    check_counts(counts)
-    manifest = {
-        "tamis_manifest": 1,
-        "config": config.model_dump(),
-        "resolved": {"budget": budget, "select_by": config.driver, "tasks": sorted(targets or {}),
-                     "skip_top": ranking.skip_top,
-                     "ranking_columns": {str(k): v for k, v in ranking.task_columns.items()},
-                     "files": paths, "schema": [f"{f.name}: {f.type}" for f in schema]},
-        "versions": _versions(),
-        "models": {k: v for s in selectors for k, v in s.model_info().items()},
-        "worker_models": models_used(_list(f"{config.out.rstrip('/')}/shards/part-*.parquet")),
-        "prepared": prepared,
-        "targets": {t: len(v) for t, v in (targets or {}).items()},
-        "counts": counts,
-        "chunks": {"planned": len(planned), "reused": len(reused), "computed": len(planned - reused)},
-        "notes": run_notes(counts, budget, config.decontaminate),
-        "timings": timings,
-        "metrics": metrics,
-    }
-    _merge_selection_report(manifest, config.out)
-    _write_json(f"{config.out.rstrip('/')}/manifest.json", manifest)
+        counts = count_outputs(folder.path)
+        check_counts(counts)
+        notes, resolution = run_notes(counts, ranking, config.decontaminate)
+        manifest = {
+            "tamis_manifest": 1,
+            "config": config.model_dump(),
+            "resolved": {"budget": ranking.budget.value, "select_by": config.driver, "tasks": plan.tasks,
+                         "rule": describe_rule(ranking.rule), "skip_top": ranking.rule.skip.fraction,
+                         "selection": asdict(resolution),
+                         "ranking_columns": {str(k): v for k, v in ranking.task_columns.items()},
+                         "files": plan.paths, "schema": [f"{f.name}: {f.type}" for f in plan.schema]},
+            "versions": _versions(),
+            "models": {k: v for s in plan.selectors for k, v in s.model_info().items()},
+            "worker_models": models_used(folder.shards()),
+            "prepared": {name: to_json(p) for name, p in prepared.items()},
+            "artifacts": artifacts,
+            "targets": {t: len(v) for t, v in (plan.targets or {}).items()},
+            "counts": counts,
+            "chunks": {"planned": len(plan.chunks), "reused": len(done), "computed": len(plan.chunks - done)},
+            "notes": notes,
+            "timings": timings,
+            "metrics": metrics,
+        }
+        _merge_selection_report(manifest, folder)
+        folder.write_json(MANIFEST, manifest)
+        folder.set_state(FINISHED, by="select", chunks=len(plan.chunks))
     return RunSummary(config.out, counts, timings, manifest["chunks"], manifest)
 
 
+def describe_rule(rule) -> dict:
+    """The rule as the manifest records it: its class and its compared options."""
+    import dataclasses
+
+    options = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.compare} \
+        if dataclasses.is_dataclass(rule) else {}
+    return json.loads(json.dumps({"rule": type(rule).__name__, **options}, default=lambda o: asdict(o)))
+
+
+def to_json(prepared: Prepared | None) -> dict | None:
+    """A prepared record as the manifest keeps it."""
+    return None if prepared is None else prepared.to_json()
+
+
 def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers: int = 1,
-                 beam_args: list[str] | None = None, tasks: list[str] | None = None) -> RunSummary:
+                 beam_args: list[str] | None = None, tasks: list[str] | None = None,
+                 budget_per_task: bool | None = None, duplicates: str | None = None) -> RunSummary:
     """Select again on a finished run with a new budget, without scoring again.
 
-    ``tasks`` restricts the selection to some of the run's tasks (for example one task's top-k
-    from a run that scored several); by default the tasks the run was made with.
+    It acts on the folder ``out`` as it lies now (a copied or moved run works where it is), not on
+    the path its manifest recorded. ``tasks`` restricts the selection to some of the run's tasks
+    (for example one task's top-k from a run that scored several); by default the tasks the run
+    was made with. ``budget_per_task`` and ``duplicates`` change the rule's options (default: as
+    the run was made).
     """
-    out = out.rstrip("/")
-    manifest = _read_json(f"{out}/manifest.json")
-    if manifest is None:
-        raise FileNotFoundError(f"{out}/manifest.json not found: is this a finished tamis run?")
-    data = dict(manifest["config"], budget=budget, runner=runner, workers=workers, beam_args=beam_args or [])
-    config = SelectConfig(**data)
-    columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
-    if tasks:
-        missing = set(tasks) - set(columns)
-        if missing:
-            raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
-        columns = {t: c for t, c in columns.items() if t in tasks}
-    targets = read_targets(config.target) if config.target else None
-    driver = next(s for s in build_selectors(config, targets) if s.name == config.driver)
-    ranking = Ranking(columns, config.decontaminate, float(manifest["resolved"].get("skip_top", 0.0)),
-                      custom_rule(driver, manifest.get("prepared", {}), targets, config))
-    t0 = time.perf_counter()
-    select_pass(config, ranking, budget)
-    counts = count_outputs(out)
-    check_counts(counts)
-    manifest["config"] = config.model_dump()
-    manifest["resolved"]["budget"] = budget
-    manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
-    manifest["counts"] = counts
-    manifest["notes"] = run_notes(counts, budget, config.decontaminate)
-    manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
-    manifest["timings"]["reselect_s"] = time.perf_counter() - t0
-    _merge_selection_report(manifest, out)
-    _write_json(f"{out}/manifest.json", manifest)
-    return RunSummary(out, counts, manifest["timings"], manifest.get("chunks", {}), manifest)
+    use_beam_options(beam_args or [])  # s3/gcs endpoint and credentials, before the first read
+    folder = RunFolder(out)
+    folder.require_exists()  # before the lock, which would create the folder
+    with folder.lock():
+        manifest = folder.require_reselectable()
+        data = dict(manifest["config"], out=folder.path, budget=budget, runner=runner, workers=workers,
+                    beam_args=beam_args or [])
+        data.update({k: v for k, v in (("budget_per_task", budget_per_task), ("duplicates", duplicates)) if v is not None})
+        config = SelectConfig(**data)
+        columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
+        if tasks:
+            missing = set(tasks) - set(columns)
+            if missing:
+                raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
+            columns = {t: c for t, c in columns.items() if t in tasks}
+        # The targets the run was scored with, kept in the folder; older runs read the target files.
+        targets = folder.read_targets()
+        if targets is None:
+            targets = read_targets(config.target) if config.target else None
+        targets = targets or None
+        plan = Plan.build(config, targets)
+        ranking = plan.ranking(plan.prepared_from_json(manifest.get("prepared", {})), columns)
+        chunks = (folder.state() or {}).get("chunks")
+        folder.set_state(SELECTING, by="reselect", chunks=chunks)
+        t0 = time.perf_counter()
+        select_pass(config, ranking)
+        counts = count_outputs(folder.path)
+        check_counts(counts)
+        manifest["config"] = config.model_dump()
+        manifest["resolved"]["budget"] = budget
+        manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
+        manifest["counts"] = counts
+        manifest["notes"], resolution = run_notes(counts, ranking, config.decontaminate)
+        manifest["resolved"]["selection"] = asdict(resolution)
+        manifest["resolved"]["rule"] = describe_rule(ranking.rule)
+        manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
+        manifest["timings"]["reselect_s"] = time.perf_counter() - t0
+        _merge_selection_report(manifest, folder)
+        folder.write_json(MANIFEST, manifest)
+        folder.set_state(FINISHED, by="reselect", chunks=chunks)
+    return RunSummary(folder.path, counts, manifest["timings"], manifest.get("chunks", {}), manifest)

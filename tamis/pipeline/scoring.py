@@ -1,13 +1,12 @@
 """Scoring through Beam's RunInference, and writing each chunk's shard.
 
 The ModelHandler's "model" is the list of fitted selectors: RunInference loads it once per
-worker (setup + fit on the targets) and reuses it for every chunk. Chunks arrive already
+worker (setup, with the prepared record and the targets) and reuses it for every chunk. Chunks arrive already
 batched (``with_no_batching``): Beam's BatchElements sizes batches by timing, which would make
 scores depend on the runner; the selectors batch inside a chunk by a token budget instead.
 """
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,9 +17,11 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from ..io.runfolder import RunFolder, write_parquet
 from ..schemas.output import REJECT_SCHEMA
 from ..selectors import registry
 from ..selectors.base import RunContext, Selector
+from .artifacts import localize_prepared
 from .chunks import NAMESPACE, ValidChunk
 
 # Parquet key-value metadata that makes each shard self-describing for the counts.
@@ -44,12 +45,12 @@ class SelectorModelHandler(ModelHandler[ValidChunk, PredictionResult, LoadedSele
 
     def load_model(self) -> LoadedSelectors:
         models = LoadedSelectors()
+        artifacts: list[dict] = []  # what this worker copied from the run folder (remote workers only)
         for name, params, prepared in self._selectors:
             selector = registry.create(name, params)
-            selector.setup(self._context)
-            selector.fit(self._targets, prepared)
+            selector.setup(self._context, localize_prepared(prepared, artifacts), self._targets)
             models.append(selector)
-        models.info = worker_models(models)
+        models.info = worker_models(models, artifacts)
         models.counters_seen = {}  # selector counter -> the total already reported to Beam
         return models
 
@@ -132,7 +133,7 @@ def score_chunk(model: Sequence[Selector], chunk: ValidChunk, attempts: int = 3,
     return ValidChunk(chunk.name, chunk.lines, kept, flags, rejects, chunk.read_seconds), columns
 
 
-def worker_models(selectors: Sequence[Selector]) -> str:
+def worker_models(selectors: Sequence[Selector], artifacts: Sequence[dict] = ()) -> str:
     """JSON of what this worker loaded (each selector's ``model_info`` after setup) and where.
 
     Every shard carries it in its Parquet metadata, so the manifest can say which copy of each
@@ -147,41 +148,24 @@ def worker_models(selectors: Sequence[Selector]) -> str:
             info.update(selector.model_info())
         except Exception as e:  # a report must never stop scoring
             info[selector.name] = {"error": f"model_info failed: {e}"}
-    return json.dumps({"host": socket.gethostname(), "models": info}, sort_keys=True, default=str)
+    report = {"host": socket.gethostname(), "models": info}
+    if artifacts:
+        report["artifacts"] = list(artifacts)
+    return json.dumps(report, sort_keys=True, default=str)
 
 
 def models_used(shard_paths: Sequence[str]) -> list[dict]:
     """Each distinct (host, models loaded) of the workers that wrote these shards, with a shard count."""
     import json
 
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    from ..io.filesystems import read_parquet_metadata
 
     counts: dict[str, int] = {}
     for path in shard_paths:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            raw = (pq.read_metadata(f).metadata or {}).get(META_MODELS)
+        raw = (read_parquet_metadata(path).metadata or {}).get(META_MODELS)
         if raw:
             counts[raw.decode()] = counts.get(raw.decode(), 0) + 1
     return [dict(json.loads(k), shards=n) for k, n in sorted(counts.items())]
-
-
-def write_parquet(table: pa.Table, path: str, metadata: dict[bytes, bytes] | None = None) -> None:
-    """Write a table to ``path`` on any Beam filesystem, atomically (temp file, then rename)."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    tmp = path + ".inprogress"
-    with FileSystems.create(tmp) as f:
-        f.write(buf.getvalue())
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
 
 
 def shard_table(chunk: ValidChunk, columns: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
@@ -216,19 +200,19 @@ class WriteShard(beam.DoFn):
     """Write a scored chunk: rejects first, then the shard (whose existence marks it done)."""
 
     def __init__(self, out: str, schema: pa.Schema):
-        self.out = out.rstrip("/")
+        self.folder = RunFolder(out)
         self.schema = schema
 
     def process(self, result: PredictionResult):
         chunk: ValidChunk = result.example
         start = time.perf_counter()
         if chunk.rejects:
-            write_parquet(pa.Table.from_pylist(chunk.rejects, schema=REJECT_SCHEMA),
-                          f"{self.out}/rejects/{chunk.name}.parquet")
+            write_parquet(self.folder.reject_path(chunk.name),
+                          pa.Table.from_pylist(chunk.rejects, schema=REJECT_SCHEMA))
         table = shard_table(chunk, result.inference, self.schema)
         metadata = {META_LINES: str(chunk.lines).encode()}
         if result.model_id:
             metadata[META_MODELS] = result.model_id.encode()
-        write_parquet(table, f"{self.out}/shards/{chunk.name}.parquet", metadata)
+        write_parquet(self.folder.shard_path(chunk.name), table, metadata)
         Metrics.distribution(NAMESPACE, "write_ms_per_chunk").update(int(1000 * (time.perf_counter() - start)))
         yield chunk.name

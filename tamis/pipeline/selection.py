@@ -8,9 +8,9 @@ runs this pass alone with a new budget.
 """
 from __future__ import annotations
 
-import io
-import math
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -19,65 +19,41 @@ import pyarrow.compute as pc
 
 from ..schemas.output import REJECT_SCHEMA
 from ..schemas.records import record_to_json
-from .scoring import write_parquet
+from ..selectors import registry
+from ..selectors.base import RunContext
+from ..selectors.rules import SELECTION_REPORT, Budget, Pick, Resolution, Rule, TableRule, TopK, query_column
+from ..io.filesystems import read_parquet, write_bytes
+from ..io.runfolder import RunFolder, write_parquet
 
-# A custom rule's report (JSON bytes in the returned table's schema metadata) and its file in the work folder.
-SELECTION_REPORT_KEY = b"tamis.selection_report"
-SELECTION_REPORT = "selection_report.json"
+
+
+@dataclass(frozen=True)
+class Driver:
+    """What pass 2 needs to rebuild the driving selector for a :class:`TableRule` (set up as on a worker)."""
+
+    name: str
+    params: dict
+    prepared: Any
+    targets: dict | None
+    context: RunContext
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """How one run ranks rows: the column per task, and what is not eligible."""
+    """What pass 2 runs: the score column per task, the driving selector's rule, the budget."""
 
     task_columns: dict[str | None, str]  # task (None when untargeted) -> score column
+    rule: Rule = TopK()
+    budget: Budget = Budget(0.05)
     exclude_matches_target: bool = True
-    skip_top: float = 0.0  # fraction of eligible rows left out from the top (offset window)
-    # A selector with a rule of its own: (name, params, prepared, targets, context, input columns).
-    custom: tuple | None = None
+    driver: Driver | None = None  # for a TableRule
 
-
-def resolve_budget(budget: float, eligible: int) -> int:
-    """Rows to select: below 1 a fraction of eligible rows (floored), else a count, capped."""
-    k = math.floor(budget * eligible) if budget < 1 else int(budget)
-    return max(0, min(k, eligible))
-
-
-def round_robin(candidates: dict[str | None, list[tuple[float, str]]], k: int) -> dict[str, tuple[int, list[str]]]:
-    """Take tasks in turn, each its best remaining id, skipping ids already taken, until k.
-
-    ``candidates`` holds each task's (score, id) list, best first. Returns id -> (rank from 1,
-    tasks it was picked for, including tasks that met it already taken). One task is plain top-k.
-    """
-    tasks = sorted(candidates, key=lambda t: "" if t is None else t)
-    pointers = {t: 0 for t in tasks}
-    chosen: dict[str, tuple[int, list[str]]] = {}
-    active = list(tasks)
-    while len(chosen) < k and active:
-        for task in list(active):
-            if len(chosen) >= k:
-                break
-            items = candidates[task]
-            i = pointers[task]
-            while i < len(items) and items[i][1] in chosen:
-                if task is not None and task not in chosen[items[i][1]][1]:
-                    chosen[items[i][1]][1].append(task)
-                i += 1
-            if i >= len(items):
-                active.remove(task)
-                pointers[task] = i
-                continue
-            chosen[items[i][1]] = (len(chosen) + 1, [] if task is None else [task])
-            pointers[task] = i + 1
-    return chosen
+    def resolve(self, eligible: int) -> Resolution:
+        return self.budget.resolve(eligible, self.rule.skip, self.rule.budget_per_task)
 
 
 def read_columns(path: str, columns: list[str]) -> pa.Table:
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+    return read_parquet(path, columns)
 
 
 class ShardIds(beam.DoFn):
@@ -100,26 +76,39 @@ def later_duplicates(item: tuple[str, list[tuple[int, int]]]):
 
 
 class ShardCandidates(beam.DoFn):
-    """Each shard's own top-k per task: partial top-k before the global combine."""
+    """Each shard's own top-k per task (or per target example): partial top-k before the global combine."""
 
     def __init__(self, ranking: Ranking, k: int):
         self.ranking, self.k = ranking, k
 
+    def score_lists(self, table: pa.Table):
+        """(key, scores) per candidate list: per task, or per (task, target example)."""
+        for task, col in self.ranking.task_columns.items():
+            if self.ranking.rule.over == "queries":
+                column = table.column(query_column(col)).combine_chunks()
+                matrix = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+                matrix = matrix.reshape(table.num_rows, -1) if table.num_rows else matrix.reshape(0, 0)
+                for j in range(matrix.shape[1]):
+                    yield (task, j), matrix[:, j]
+            else:
+                yield task, table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+
     def process(self, item: tuple[int, str], duplicates: list):
         index, path = item
         cols = sorted(set(self.ranking.task_columns.values()))
+        if self.ranking.rule.over == "queries":
+            cols = [query_column(c) for c in cols]
         table = read_columns(path, ["id", "matches_target", *cols])
         eligible = eligible_rows(table, index, self.ranking, duplicates)
         ids = table.column("id").to_pylist()
-        for task, col in self.ranking.task_columns.items():
-            scores = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        for key, scores in self.score_lists(table):
             ok = eligible & ~np.isnan(scores)
             rows = np.flatnonzero(ok)
             if len(rows) > self.k:
                 rows = rows[np.argpartition(-scores[rows], self.k - 1)[: self.k]]
             for row in rows:
                 # Ties break by input position (earlier wins), so the selection is deterministic.
-                yield task, (float(scores[row]), (-index, -int(row)), ids[row])
+                yield key, (float(scores[row]), (-index, -int(row)), ids[row])
 
 
 def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: list) -> np.ndarray:
@@ -133,27 +122,21 @@ def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: lis
     return eligible
 
 
-def merge_selection(top: list[tuple[str | None, list]], budget: float, eligible: int, skip_top: float = 0.0) -> dict:
-    skip = math.floor(skip_top * eligible)
-    k = resolve_budget(budget, eligible - skip)
-    candidates = {task: [(s, rid) for s, _, rid in items][skip:] for task, items in top}
-    return round_robin(candidates, k)
+def merge_selection(top: list[tuple[str | None, list]], ranking: Ranking, eligible: int) -> dict[str, Pick]:
+    """The rule's picks from each task's global candidates (score, tie key, id), best first."""
+    return ranking.rule.pick({task: [(s, rid) for s, _, rid in items] for task, items in top}, ranking.resolve(eligible))
 
 
 class RewriteShard(beam.DoFn):
     """Set the selection columns of one shard; move later duplicates of an id to the rejects."""
 
     def __init__(self, out: str, fields: tuple[str, ...] = ()):
-        self.out = out.rstrip("/")
+        self.folder = RunFolder(out)
         self.fields = tuple(fields)  # the driver's selection fields: rewritten in every shard (null unless picked)
 
     def process(self, item: tuple[int, str], selection: dict, duplicates: list):
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
         index, path = item
-        with FileSystems.open(path) as f:
-            table = pq.read_table(io.BytesIO(f.read()))
+        table = read_parquet(path)
         metadata = table.schema.metadata
         drop = {row: (rid, first) for (shard, row), (rid, first) in duplicates if shard == index}
         name = path.rsplit("/", 1)[-1]
@@ -164,28 +147,27 @@ class RewriteShard(beam.DoFn):
             rejects = [{"id": rid, "raw": record_to_json(r), "reason": f"duplicate id (first in shard {first[0]}, row {first[1]})",
                         "source": f"{name} row {row}"}
                        for (row, (rid, first)), r in zip(sorted(drop.items()), dropped.to_pylist())]
-            write_parquet(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
-                          f"{self.out}/rejects/duplicates-{name}")
+            write_parquet(self.folder.reject_path(f"duplicates-{name}"),
+                          pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
             table = table.filter(pa.array(keep))
         ids = table.column("id").to_pylist()
         picked = [selection.get(rid) for rid in ids]
-        for field in set(self.fields) | {f for p in picked if p is not None and len(p) > 2 for f in p[2]}:
+        for field in set(self.fields) | {f for p in picked if p is not None for f in p.fields}:
             i = table.schema.get_field_index(field)
             table = table.set_column(i, table.schema.field(field),
-                                     pa.array([p[2].get(field) if p else None for p in picked], table.schema.field(field).type))
+                                     pa.array([p.fields.get(field) if p else None for p in picked], table.schema.field(field).type))
         table = table.set_column(table.schema.get_field_index("selected"), table.schema.field("selected"),
                                  pa.array([p is not None for p in picked], pa.bool_()))
         table = table.set_column(table.schema.get_field_index("rank"), table.schema.field("rank"),
-                                 pa.array([p[0] if p else None for p in picked], pa.int64()))
+                                 pa.array([p.rank if p else None for p in picked], pa.int64()))
         table = table.set_column(table.schema.get_field_index("selected_for"), table.schema.field("selected_for"),
-                                 pa.array([p[1] if p else [] for p in picked], pa.list_(pa.string())))
-        write_parquet(table.replace_schema_metadata(metadata), path)
+                                 pa.array([list(p.tasks) if p else [] for p in picked], pa.list_(pa.string())))
+        write_parquet(path, table.replace_schema_metadata(metadata))
         yield int(pc.sum(table.column("selected")).as_py() or 0)
 
 
-def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranking: Ranking,
-                       budget: float, rows: int):
-    """Add the selection pass to pipeline ``p`` over the given shard files."""
+def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranking: Ranking, rows: int):
+    """Add the selection pass to pipeline ``p`` over the given shard files (``rows``: all their rows)."""
     from apache_beam.transforms import combiners
 
     shards = p | "Shards" >> beam.Create(list(enumerate(shard_paths)))
@@ -195,50 +177,36 @@ def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranki
                   | "LaterDuplicates" >> beam.FlatMap(later_duplicates))
     dup_list = beam.pvalue.AsList(duplicates)
     n_dups = duplicates | "CountDuplicates" >> beam.combiners.Count.Globally()
-    # An upper bound: the exact k needs the eligible count, which the pipeline computes.
-    k_max = resolve_budget(budget, rows) + math.floor(ranking.skip_top * rows)
-    eligible = rows_eligible(shards, ranking, dup_list)
-    if ranking.custom is not None:
+    eligible = beam.pvalue.AsSingleton(rows_eligible(shards, ranking, dup_list))
+    if isinstance(ranking.rule, TableRule):
         selection = (shards
                      | "GatherInputs" >> beam.ParDo(EligibleColumns(ranking), dup_list)
                      | "AllRows" >> beam.combiners.ToList()
-                     | "CustomSelect" >> beam.Map(custom_selection, ranking.custom, budget, shard_paths))
+                     | "TableRule" >> beam.Map(table_selection, ranking, shard_paths))
     else:
+        # An upper bound on each task's candidates: the exact k needs the eligible count, which the pipeline computes.
+        k_max = max(ranking.budget.upper_bound(rows, ranking.rule.skip), 1)
         top = (shards
-               | "Candidates" >> beam.ParDo(ShardCandidates(ranking, max(k_max, 1)), dup_list)
-               | "TopPerTask" >> combiners.Top.LargestPerKey(max(k_max, 1))
+               | "Candidates" >> beam.ParDo(ShardCandidates(ranking, k_max), dup_list)
+               | "TopPerTask" >> combiners.Top.LargestPerKey(k_max)
                | "AllTasks" >> beam.combiners.ToList())
-        selection = top | "RoundRobin" >> beam.Map(merge_selection, budget, beam.pvalue.AsSingleton(eligible),
-                                                   ranking.skip_top)
-    written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out, selection_field_names(ranking)),
-                                               beam.pvalue.AsSingleton(selection), dup_list)
+        selection = top | "TopK" >> beam.Map(merge_selection, ranking, eligible)
+    fields = tuple(f.name for f in ranking.rule.fields) if isinstance(ranking.rule, TableRule) else ()
+    written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out, fields), beam.pvalue.AsSingleton(selection), dup_list)
     return written, n_dups
 
 
 class EligibleColumns(beam.DoFn):
-    """A shard's eligible rows, ``id`` and the custom rule's input columns only."""
+    """A shard's eligible rows, ``id`` and the table rule's input columns only."""
 
     def __init__(self, ranking: Ranking):
         self.ranking = ranking
 
     def process(self, item: tuple[int, str], duplicates: list):
         index, path = item
-        columns = ["id", *ranking_inputs(self.ranking)]
+        columns = ["id", *self.ranking.rule.inputs]
         table = read_columns(path, sorted(set(columns) | {"matches_target"}))
         yield table.filter(pa.array(eligible_rows(table, index, self.ranking, duplicates))).select(columns)
-
-
-def ranking_inputs(ranking: Ranking) -> list[str]:
-    return list(ranking.custom[5])
-
-
-def selection_field_names(ranking: Ranking) -> tuple[str, ...]:
-    """The columns the driving selector sets at selection time (none for plain top-k)."""
-    if ranking.custom is None:
-        return ()
-    from ..selectors import registry
-
-    return tuple(f.name for f in registry.create(ranking.custom[0], ranking.custom[1]).selection_fields())
 
 
 class ShardRows:
@@ -260,35 +228,23 @@ class ShardRows:
         return [found[i] for i in ids]
 
 
-def custom_selection(tables: list[pa.Table], custom: tuple, budget: float, shard_paths: list[str] = ()) -> dict:
-    """Run the driving selector's own rule over every eligible row; id -> (rank, [], extra fields).
+def table_selection(tables: list[pa.Table], ranking: Ranking, shard_paths: list[str] = ()) -> dict[str, Pick]:
+    """Run a :class:`TableRule` over every eligible row; its report goes to ``{work_dir}/selection_report.json``.
 
-    Before ``select`` the selector gets ``pool_rows_``, a :class:`ShardRows` over the shards
-    (ids -> records), for rules that need whole records. A JSON report that ``select`` attaches to
-    the returned table's schema metadata under ``SELECTION_REPORT_KEY`` is written to
-    ``{work_dir}/selection_report.json``, which the run merges into its manifest.
+    The driving selector is rebuilt and set up as on a worker, and declares its rule again: a rule
+    that trains on its picks (kMQ's refinement) uses the selector's prepared models.
     """
-    from ..selectors import registry
-
-    name, params, prepared, targets, context, _ = custom
-    selector = registry.create(name, params)
-    selector.setup(context)
-    selector.fit(targets, prepared)
+    driver = ranking.driver
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
         return {}
-    selector.pool_rows_ = ShardRows(shard_paths)
-    chosen = selector.select(table, resolve_budget(budget, table.num_rows), context)
-    report = (chosen.schema.metadata or {}).get(SELECTION_REPORT_KEY)
-    if report is not None and context.work_dir:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(f"{context.work_dir.rstrip('/')}/{SELECTION_REPORT}") as f:
-            f.write(report)
-    extra = [f.name for f in selector.selection_fields()]
-    ids = chosen.column("id").to_pylist()
-    values = {f: chosen.column(f).to_pylist() for f in extra}
-    return {rid: (rank, [], {f: values[f][i] for f in extra}) for i, (rank, rid) in enumerate(enumerate(ids, start=1))}
+    selector = registry.create(driver.name, driver.params)
+    selector.setup(driver.context, driver.prepared, driver.targets)
+    choice = selector.selection_rule().choose(table, ranking.resolve(table.num_rows).rows, driver.context.seed,
+                                              ShardRows(shard_paths))
+    if choice.report is not None and driver.context.work_dir:
+        write_bytes(f"{driver.context.work_dir.rstrip('/')}/{SELECTION_REPORT}", json.dumps(choice.report).encode())
+    return choice.picks()
 
 
 def rows_eligible(shards, ranking: Ranking, dup_list):

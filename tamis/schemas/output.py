@@ -10,7 +10,9 @@ import re
 
 import pyarrow as pa
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# A message's keys other than role and content (name, tool_calls, weight...), as JSON text in its
+# own "extra" (null when it has none): kept beside the turn they belong to.
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("extra", pa.string())])
 
 RECORD_FIELDS = [
     pa.field("id", pa.string(), nullable=False),

@@ -2,13 +2,13 @@
 
 A selector is built from explicit keyword parameters (scikit-learn style: stored unchanged,
 introspected by :meth:`Selector.get_params`), then goes through a fixed lifecycle that the
-pipeline drives once per worker:
+pipeline drives (as NeMo Curator's stages do):
 
-0. ``prepare(pool, targets, context)``: once per run, before any scoring, on the launching
+1. ``prepare(pool, targets, context)``: once per run, before any scoring, on the launching
    machine: train or fit what every worker shares (proxy models, centroids) from a sample of
-   the pool, and return a small JSON-able dict of what workers need (paths, hashes);
-1. ``setup(context)``: load models once per worker (heavy imports go here, never at import);
-2. ``fit(targets, prepared)``: prepare on the target examples and the dict from ``prepare``;
+   the pool, and return a small JSON-able record of what workers need (paths, hashes);
+2. ``setup(context, prepared, targets)``: once per worker, load the models (heavy imports go
+   here, never at import) from that record and the target examples;
 3. ``score(records)``: score a batch of records, returning one array per declared column.
 
 The pipeline owns reading, batching across workers, selection and writing; a selector only
@@ -17,16 +17,22 @@ register it (``tamis.selectors.registry`` or the ``tamis.selectors`` entry-point
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
-from collections.abc import Callable, Iterable
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from ..errors import ConfigError, TamisError
 from ..models.train import select_slice
 from ..schemas.output import score_column
+from .rules import Rule, TopK
 
 
 class PoolSample:
@@ -60,14 +66,79 @@ class RunContext:
     retry_backoff_s: float = 0.5  # first wait between tries; doubles each time
 
 
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation: Any):
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(annotation, config=ConfigDict(strict=True, allow_inf_nan=False))
+
+
+def _check_value(annotation: Any, value: Any, label: str) -> Any:
+    from pydantic import ValidationError
+
+    if annotation is Any:
+        return value
+    try:
+        adapter = _adapter(annotation)
+    except Exception:  # a type pydantic cannot check (a plugin's own class): left to the constructor
+        return value
+    tries = [value, tuple(value)] if isinstance(value, list) else [value]
+    for candidate in tries:
+        try:
+            return adapter.validate_python(candidate)
+        except ValidationError:
+            continue
+    hint = " (a quoted string is not a boolean)" if isinstance(value, str) and "true or false" in describe_type(annotation) else ""
+    raise ConfigError(f"--param {label}: expected {describe_type(annotation)}, got {value!r}{hint}")
+
+
+_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+_PLURALS = {"a whole number": "whole numbers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
+
+
+def describe_type(annotation: Any) -> str:
+    """An annotation in words, for error lines: ``float | None`` -> 'a number or null'."""
+    if annotation in _NAMES:
+        return _NAMES[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        words = [describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(words + (["null"] if type(None) in args else []))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return f"a list of {_PLURALS.get(describe_type(inner[0]), 'values')}" if len(set(inner)) == 1 else "a list"
+    if origin is dict or annotation is dict or (isinstance(origin, type) and issubclass(origin, Mapping)):
+        return "a mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` returns: the same record for every worker, and the manifest's JSON.
+
+    Subclass it with typed fields of plain JSON values (str, numbers, lists, dicts of them).
+    """
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Prepared | None":
+        return None if data is None else cls(**data)
+
+
 class Selector:
-    """Base class. Subclasses set ``name`` and implement ``score`` (and usually ``setup``/``fit``)."""
+    """Base class. Subclasses set ``name`` and implement ``score`` (and usually ``prepare``/``setup``)."""
 
     name: ClassVar[str] = ""
     #: True when the selector needs ``--target`` (RDS+, LESS, CoLoR-Filter).
     needs_target: ClassVar[bool] = False
     #: Default budget when the run gives none (a fraction below 1, or a count).
     default_budget: ClassVar[float] = 0.05
+    #: The type of the record ``prepare`` returns.
+    prepared_type: ClassVar[type[Prepared]] = Prepared
 
     def __init__(self) -> None:  # subclasses list their parameters explicitly
         pass
@@ -83,17 +154,52 @@ class Selector:
             if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
 
+    @classmethod
+    def param_types(cls) -> dict[str, Any]:
+        """Each constructor parameter's annotation (``Any`` where it has none)."""
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:  # an annotation that does not resolve checks nothing, as if absent
+            hints = {}
+        return {name: hints.get(name, Any) for name in cls.param_defaults()}
+
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.param_defaults()}
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every value checked against its constructor annotation, before anything loads.
+
+        Checks are strict: a string is never a boolean (``"false"`` would be truthy), a boolean
+        is never a number, a number is never a string. A list stands for a tuple (YAML has no
+        tuples). Returns the values as the constructor takes them; fails with one line such as
+        ``--param less.lr: expected a number, got 'abc'``.
+        """
+        types_ = cls.param_types()
+        checked: dict[str, Any] = {}
+        for key, value in params.items():
+            if key not in types_:
+                raise ConfigError(f"--param {cls.name}.{key}: selector {cls.name!r} has no parameter {key!r} "
+                                  f"(it takes: {', '.join(types_) or 'none'})")
+            checked[key] = _check_value(types_[key], value, f"{cls.name}.{key}")
+        return checked
+
+    @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Selector":
-        """Build from a config mapping; an unknown key fails with one line naming it."""
-        known = cls.param_defaults()
-        for key in params:
-            if key not in known:
-                raise ValueError(f"selector {cls.name!r} has no parameter {key!r} (it takes: {', '.join(known) or 'none'})")
-        return cls(**params)
+        """Build from a config mapping: unknown keys, wrong types and values the constructor
+        refuses fail with one line naming the parameter."""
+        checked = cls.check_params(params)
+        try:
+            return cls(**checked)
+        except TamisError:
+            raise
+        except ValueError as e:  # the constructor's own range checks ("runs must be at least 1")
+            from pydantic import ValidationError
+
+            from ..schemas.config import config_error_line
+
+            line = config_error_line(e) if isinstance(e, ValidationError) else str(e)
+            raise ConfigError(f"--param for selector {cls.name!r}: {line}") from e
 
     @classmethod
     def test_params(cls) -> dict[str, Any]:
@@ -106,26 +212,22 @@ class Selector:
         return f"{type(self).__name__}({args})"
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def prepare(self, pool: PoolSample, targets: dict[str, list[dict]] | None, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets: dict[str, list[dict]] | None, context: RunContext) -> Prepared:
         """Once per run, before scoring: train or fit shared state; return what workers need.
 
         Runs where the pipeline is launched. Anything expensive should go through a cache
         keyed by its inputs (the proxy layer's cache does), so a rerun is cheap.
         """
-        return {}
+        return self.prepared_type()
 
-    def setup(self, context: RunContext) -> None:
-        """Load models once per worker. Learned state gets a trailing underscore."""
-        self.context_ = context
-
-    def fit(self, targets: dict[str, list[dict]] | None, prepared: dict | None = None) -> "Selector":
-        """Prepare on the target examples (task -> records with an optional ``subtask``) and on
-        the dict ``prepare`` returned."""
+    def setup(self, context: RunContext, prepared: Prepared | None = None, targets: dict[str, list[dict]] | None = None) -> None:
+        """Once per worker: load the models, from what ``prepare`` returned and the target examples
+        (task -> records with an optional ``subtask``). Learned state gets a trailing underscore."""
         if self.needs_target and not targets:
-            raise ValueError(f"selector {self.name!r} needs --target")
+            raise ConfigError(f"selector {self.name!r} needs --target")
+        self.context_ = context
+        self.prepared_ = prepared
         self.tasks_ = self.task_names(targets)
-        self.prepared_ = prepared or {}
-        return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         """Score a batch: one array of length ``len(records)`` per declared column."""
@@ -146,30 +248,10 @@ class Selector:
         """Every column this selector writes: its float32 score columns by default."""
         return [pa.field(c, pa.float32()) for c in self.score_columns(tasks).values()]
 
-    #: True when the selector picks rows by a rule of its own (``select``) instead of top-k.
-    custom_selection: ClassVar[bool] = False
-
-    def selection_inputs(self, tasks: list[str]) -> list[str]:
-        """Columns ``select`` reads (besides ``id``): by default this selector's own columns."""
-        return [f.name for f in self.columns(tasks)]
-
-    def selection_fields(self) -> list[pa.Field]:
-        """Columns set at selection time (for example the selection round); written null by
-        scoring and filled by ``select``. Declare them in ``columns`` too."""
-        return []
-
-    def select(self, table: pa.Table, k: int, context: RunContext) -> pa.Table:
-        """A selection rule of the selector's own. ``table`` holds ``id`` and
-        ``selection_inputs`` for every eligible row (gathered in one place: ids and a few small
-        columns). Return the chosen rows as a table with ``id`` in rank order (best first),
-        at most ``k`` of them, plus any ``selection_fields``. Called only when
-        ``custom_selection`` is True, after ``prepare`` and ``fit``."""
-        raise NotImplementedError
-
-    def skip_top(self) -> float:
-        """Fraction of the highest-scored eligible rows to leave out before taking the top-k
-        (EL2N/GraNd's offset window: the very top is often label noise). 0 by default."""
-        return 0.0
+    def selection_rule(self) -> Rule:
+        """How pass 2 picks rows when this selector drives it (see :mod:`tamis.selectors.rules`):
+        by default the best scores, tasks taking turns. Declared from parameters alone."""
+        return TopK()
 
     def counters(self) -> dict[str, int]:
         """Running totals this worker has counted (say, features reused from a store and

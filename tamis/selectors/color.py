@@ -25,6 +25,7 @@ pass barely moves the model (WordNet, 32 targets, built proxy: AUC 0.75 after 1 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,7 +34,19 @@ from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, proxy_ref
 from ..models.stats import mean_token_loss
 from ..models.train import finetune_proxy
 from ..schemas.proxy import TrainConfig
-from .base import PoolSample, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector
+
+
+@dataclass(frozen=True)
+class ColorPrepared(Prepared):
+    prior: dict  # the prior proxy (proxy_ref)
+    conditional: dict[str, dict]  # task -> its conditional proxy (proxy_ref)
+    # The effective training choices (ColorFilterSelector.settings()), so the manifest says what ran.
+    mode: str | None = None  # the prior's training: "full" or "lora"
+    prior_epochs: int | None = None  # 0: the pretrained model is the prior as is
+    conditional_mode: str | None = None
+    finetune_epochs: int | None = None
+    finetune_lr: float | None = None
 
 
 class ColorFilterSelector(Selector):
@@ -41,6 +54,7 @@ class ColorFilterSelector(Selector):
 
     name = "color"
     needs_target = True
+    prepared_type = ColorPrepared
 
     def __init__(self, model: str | None = None, mode: str | None = None, sample_size: int = 10_000,
                  prior_epochs: int | None = None, lr: float = 1e-3, batch_size: int = 32,
@@ -112,7 +126,7 @@ class ColorFilterSelector(Selector):
                          vocab_size=self.vocab_size, positions=self.positions, sample_size=self.sample_size,
                          trust_remote_code=self.trust_remote_code)
 
-    def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets, context: RunContext) -> ColorPrepared:
         if not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
         spec = self.prior_spec()
@@ -129,22 +143,21 @@ class ColorFilterSelector(Selector):
                                                        progress=sys.stderr.isatty(),
                                                        trust_remote_code=self.trust_remote_code))
                         for task in self.task_names(targets)}
-        self.prepared_ = {"prior": proxy_ref(prior, spec), "conditional": conditionals, **s}
+        self.prepared_ = ColorPrepared(proxy_ref(prior, spec), conditionals, **s)
         return self.prepared_
 
     # -- scoring (per worker) -----------------------------------------------------------------------
-    def fit(self, targets, prepared=None):
-        super().fit(targets, prepared)
-        if not self.prepared_.get("conditional"):
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared, targets)
+        if prepared is None:
             raise ValueError("color: nothing prepared (run prepare() first: it trains the proxies)")
-        missing = set(self.tasks_) - set(self.prepared_["conditional"])
+        missing = set(self.tasks_) - set(prepared.conditional)
         if missing:
             raise ValueError(f"color: no conditional model for task(s) {sorted(missing)}")
         device, dtype = self.context_.device, self.context_.dtype
-        self.prior_, self.tokenizer_ = load_proxy(self.prepared_["prior"], device=device, dtype=dtype)
-        self.conditionals_ = {task: load_proxy(self.prepared_["conditional"][task], device=device, dtype=dtype)[0]
+        self.prior_, self.tokenizer_ = load_proxy(prepared.prior, device=device, dtype=dtype)
+        self.conditionals_ = {task: load_proxy(prepared.conditional[task], device=device, dtype=dtype)[0]
                               for task in self.tasks_}
-        return self
 
     def mean_losses(self, model, examples) -> np.ndarray:
         return mean_token_loss(model, examples, batch_tokens=self.context_.batch_tokens)
@@ -159,8 +172,8 @@ class ColorFilterSelector(Selector):
         return out
 
     def model_info(self) -> dict[str, dict]:
-        prepared = getattr(self, "prepared_", {}) or {}
-        info = {"color.prior": dict(prepared.get("prior", {}), model=self.model or "built")}
-        for task, spec in prepared.get("conditional", {}).items():
+        prepared = getattr(self, "prepared_", None) or ColorPrepared({}, {})  # before prepare: nothing to say
+        info = {"color.prior": dict(prepared.prior, model=self.model or "built")}
+        for task, spec in prepared.conditional.items():
             info[f"color.conditional.{task}"] = dict(spec)
         return info

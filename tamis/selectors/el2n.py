@@ -26,7 +26,7 @@ of a fine-tune, ten times. ``runs`` is 10, data_diet's recommendation ("at least
 
 Selection keeps the highest scores, but first leaves out the hardest ``skip_hardest`` fraction
 (the paper's offset window): at the very top sit mislabeled and unlearnable examples. The budget
-then applies to the rows that remain (``skip_top``). 0.1 is the default because pools of web or
+is still a fraction of all eligible rows (``tamis.selectors.rules.Budget``). 0.1 is the default because pools of web or
 instruction data are noisy and their very top is mostly noise (Fayyaz et al. 2022; Marion et al.
 2023 find a middle band best for LM pretraining data). On clean labels it costs: on sklearn's
 digits the window loses about 2 points of accuracy with clean labels and gains about 5 with 10%
@@ -35,6 +35,7 @@ of labels flipped (benchmarks/pruning_curve.py); set ``skip_hardest=0`` for clea
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,9 +45,19 @@ from ..models.lm import encode_for_model
 from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, proxy_ref
 from ..models.records import DATA_KINDS, data_kind, record_label, render
 from ..models.stats import per_example_grad_norms, sequence_stats
-from .base import PoolSample, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector
+from .rules import SkipWindow, TopK
 
 __all__ = ["EL2NSelector", "GraNdSelector", "KINDS"]
+
+
+@dataclass(frozen=True)
+class DifficultyPrepared(Prepared):
+    data_kind: str  # "lm", "classification", or "none" (an empty pool: nothing to score)
+    proxies: list[dict] = field(default_factory=list)  # lm: one proxy (proxy_ref) per run
+    heads: str | None = None  # classification: the heads file, its cache key, its training rows
+    key: str | None = None
+    examples: int = 0
 
 
 # -- the selectors ------------------------------------------------------------------------------
@@ -54,6 +65,7 @@ class _DifficultySelector(Selector):
     """Shared by EL2N and GraNd: same proxies or heads, same offset window; ``kind`` picks the score."""
 
     kind = ""
+    prepared_type = DifficultyPrepared
 
     def __init__(self, skip_hardest: float = 0.1, runs: int = 10, sample_size: int | None = 5000, data_kind: str = "auto",
                  model: str | None = None, mode: str = "full", proxy_epochs: int = 1, lr: float = 1e-3,
@@ -99,12 +111,16 @@ class _DifficultySelector(Selector):
         return {"runs": 2, "sample_size": 96, "batch_size": 16, "n_layer": 1, "n_embd": 16, "n_head": 2,
                 "vocab_size": 300, "positions": 64, "head_hidden": 8, "head_epochs": 2}
 
-    def skip_top(self) -> float:
-        return self.skip_hardest
+    def selection_rule(self) -> TopK:
+        """The top scores after the offset window: the hardest ``skip_hardest`` left out."""
+        return TopK(skip=SkipWindow(self.skip_hardest))
 
     # -- training (once per run, on the driver) -----------------------------------------------------
-    def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets, context: RunContext) -> DifficultyPrepared:
         sample = pool.sample(1.0, self.sample_size)
+        if not sample:  # an empty or all-rejected pool: no proxy to train, and nothing to score
+            self.prepared_ = DifficultyPrepared("none")
+            return self.prepared_
         labels = [record_label(r) for r in sample]
         if data_kind(self.data_kind, labels) == "classification":
             self.prepared_ = self.prepare_classification(sample, labels, context)
@@ -119,14 +135,14 @@ class _DifficultySelector(Selector):
                          vocab_size=self.vocab_size, positions=self.positions,
                          sample_size=n_sample or self.sample_size or 1, trust_remote_code=self.trust_remote_code)
 
-    def prepare_lm(self, sample: list[dict], context: RunContext) -> dict:
+    def prepare_lm(self, sample: list[dict], context: RunContext) -> DifficultyPrepared:
         spec = self.proxy_spec(len(sample))
         proxies = [proxy_ref(obtain_proxy(spec, sample, seed=context.seed + run, max_length=context.max_length,
                                           device=context.device, progress=sys.stderr.isatty()))
                    for run in range(self.runs)]
-        return {"data_kind": "lm", "proxies": proxies}
+        return DifficultyPrepared("lm", proxies=proxies)
 
-    def prepare_classification(self, sample: list[dict], labels: list, context: RunContext) -> dict:
+    def prepare_classification(self, sample: list[dict], labels: list, context: RunContext) -> DifficultyPrepared:
         kept = [(r, v) for r, v in zip(sample, labels) if v is not None]
         if not kept:
             raise ValueError(f"{self.name}: data_kind='classification' but no sampled record has a label in extra")
@@ -134,7 +150,7 @@ class _DifficultySelector(Selector):
         path, key = cached_heads("el2n-heads", kept, self.make_embedder(context).embed, embedder=self.embedder,
                                  pooling=self.pooling, max_length=context.max_length, grid=grid, lr=self.head_lr,
                                  batch_size=self.head_batch_size, seed=context.seed)
-        return {"data_kind": "classification", "heads": path, "key": key, "examples": len(kept)}
+        return DifficultyPrepared("classification", heads=path, key=key, examples=len(kept))
 
     def make_embedder(self, context: RunContext):
         return open_embedder(self.embedder, pooling=self.pooling, max_length=context.max_length,
@@ -142,22 +158,23 @@ class _DifficultySelector(Selector):
                              trust_remote_code=self.trust_remote_code)
 
     # -- scoring (per worker) -----------------------------------------------------------------------
-    def fit(self, targets, prepared=None):
-        super().fit(None, prepared)  # no targets: the score is about the pool alone
-        kind = self.prepared_.get("data_kind")
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared)  # no targets: the score is about the pool alone
+        kind = prepared.data_kind if prepared is not None else None
         if kind == "classification":
-            self.heads_, self.classes_ = load_heads(self.prepared_["heads"])
+            self.heads_, self.classes_ = load_heads(prepared.heads)
             self.embedder_ = self.make_embedder(self.context_)
         elif kind == "lm":
             self.proxies_ = [load_proxy(ref, device=self.context_.device, dtype=self.context_.dtype,
                                         trainable=self.grad_params() == "trainable")
-                             for ref in self.prepared_["proxies"]]
-        else:
+                             for ref in prepared.proxies]
+        elif kind != "none":
             raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
-        return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
-        if self.prepared_["data_kind"] == "classification":
+        if self.prepared_.data_kind == "none":  # nothing was prepared: the pool had no valid row
+            return {self.score_columns([])[None]: np.full(len(records), np.nan, dtype=np.float32)}
+        if self.prepared_.data_kind == "classification":
             values = self.score_classification(records)
         else:
             values = np.mean([self.score_lm(model, tok, records) for model, tok in self.proxies_], axis=0)
@@ -181,14 +198,14 @@ class _DifficultySelector(Selector):
         return "trainable" if self.kind == "grand" and self.model is not None and self.mode == "lora" else "all"
 
     def model_info(self) -> dict[str, dict]:
-        prepared = getattr(self, "prepared_", {}) or {}
-        if prepared.get("data_kind") == "classification":
+        prepared = getattr(self, "prepared_", None) or DifficultyPrepared("")  # before prepare: nothing to say
+        if prepared.data_kind == "classification":
             embedder = getattr(self, "embedder_", None)
             return {f"{self.name}.embedder": model_record(self.embedder, embedder.path if embedder else None,
                                                           pooling=self.pooling),
-                    f"{self.name}.heads": {"path": prepared["heads"], "key": prepared["key"]}}
+                    f"{self.name}.heads": {"path": prepared.heads, "key": prepared.key}}
         return {f"{self.name}.proxy{i}": dict(spec, model=self.model or "built")
-                for i, spec in enumerate(prepared.get("proxies", []))}
+                for i, spec in enumerate(prepared.proxies)}
 
 
 class EL2NSelector(_DifficultySelector):

@@ -47,13 +47,14 @@ import hashlib
 import io
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import blobs
+from ..io import filesystems
 from ..irt import MODELS, fit_irt, fit_items, loss_answers
 from ..models.cache import cache_root, content_hash
 from ..models.embedder import model_record, open_embedder
@@ -63,7 +64,8 @@ from ..models.proxies import ProxySpec, obtain_proxy
 from ..models.records import DATA_KINDS, data_kind, record_label, render
 from ..models.stats import mean_token_loss
 from ..schemas.proxy import TrainConfig
-from .base import RunContext, Selector
+from .base import Prepared, RunContext, Selector
+from .rules import SkipWindow, TopK
 
 # The calibration sample is drawn with its own hash seed, unlike the crowd's training slice.
 CALIBRATION_SEED = 1
@@ -71,11 +73,38 @@ IRT_PRIORS = ("normal", "vague")
 VAGUE_SD = 1000.0  # py-irt 0.7's vague 1PL prior on b: N(0, 1e3^2)
 
 
+@dataclass(frozen=True)
+class IRTPrepared(Prepared):
+    source: str  # "crowd" or "responses"
+    irt_model: str
+    stage_edges: list[float]  # difficulty quantiles that bound the curriculum stages
+    # A crowd: what it is (LM checkpoints or classifier heads), the abilities and the threshold.
+    data_kind: str | None = None
+    subjects: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+    heads: str | None = None
+    key: str | None = None
+    theta: list[float] = field(default_factory=list)
+    se_theta: list[float] = field(default_factory=list)
+    loss_threshold: float | None = None
+    calibration: dict = field(default_factory=dict)
+    crowd_train_rows: int = 0
+    # A response file: where its fitted items are.
+    responses: str | None = None
+    responses_sha256: str | None = None
+    items_path: str | None = None
+    n_subjects: int = 0
+    n_items: int = 0
+    converged: bool | None = None
+    mean_correct: float | None = None
+
+
 class IRTSelector(Selector):
     """Score = IRT difficulty from a crowd of proxies or classifiers (or a user's response file)."""
 
     name = "irt"
     needs_target = False
+    prepared_type = IRTPrepared
     default_budget = 0.5
 
     def __init__(self, responses: str | None = None, irt_model: str = "1pl", n_stages: int = 4,
@@ -154,11 +183,12 @@ class IRTSelector(Selector):
         return super().columns(tasks) + [pa.field("difficulty", pa.float32()), pa.field("discrimination", pa.float32()),
                                          pa.field("curriculum_stage", pa.int32())]
 
-    def skip_top(self) -> float:
-        return self.skip_hardest
+    def selection_rule(self) -> TopK:
+        """The top scores after the offset window: the hardest ``skip_hardest`` left out."""
+        return TopK(skip=SkipWindow(self.skip_hardest))
 
     # -- prepare: once per run ------------------------------------------------------------------
-    def prepare(self, pool, targets, context: RunContext) -> dict:
+    def prepare(self, pool, targets, context: RunContext) -> IRTPrepared:
         if self.responses is not None:
             self.prepared_ = self._prepare_from_file()
             return self.prepared_
@@ -182,15 +212,15 @@ class IRTSelector(Selector):
         else:
             responses = crowd.answers(calibration)
         fit = fit_irt(responses, model=self.irt_model, prior_sd=self.b_prior_sd(), device="cpu")
-        self.prepared_ = {
-            "source": "crowd", "data_kind": kind, "irt_model": self.irt_model, **crowd_info,
-            "theta": fit.theta.tolist(), "se_theta": fit.se_theta.tolist(), "loss_threshold": threshold,
-            "stage_edges": stage_edges(fit.b, self.n_stages),
-            "calibration": {"rows": len(calibration), "mean_correct": float(np.nanmean(responses)),
-                            **crowd_spread(responses), "converged": fit.converged, "iterations": fit.iterations,
-                            "difficulty_quantiles": np.quantile(fit.b, [0, 0.25, 0.5, 0.75, 1]).tolist()},
-            "crowd_train_rows": len(sample),
-        }
+        self.prepared_ = IRTPrepared(
+            source="crowd", data_kind=kind, irt_model=self.irt_model, **crowd_info,
+            theta=fit.theta.tolist(), se_theta=fit.se_theta.tolist(), loss_threshold=threshold,
+            stage_edges=stage_edges(fit.b, self.n_stages),
+            calibration={"rows": len(calibration), "mean_correct": float(np.nanmean(responses)),
+                         **crowd_spread(responses), "converged": fit.converged, "iterations": fit.iterations,
+                         "difficulty_quantiles": np.quantile(fit.b, [0, 0.25, 0.5, 0.75, 1]).tolist()},
+            crowd_train_rows=len(sample),
+        )
         return self.prepared_
 
     def _train_lms(self, sample: list[dict], context: RunContext) -> dict:
@@ -252,8 +282,8 @@ class IRTSelector(Selector):
             return _AdapterCrowd(info["subjects"], context, self.trust_remote_code)
         return _LMCrowd([s["path"] for s in info["subjects"]], context)
 
-    def _prepare_from_file(self) -> dict:
-        raw = blobs.read_bytes(self.responses)
+    def _prepare_from_file(self) -> IRTPrepared:
+        raw = filesystems.read_bytes(self.responses, decompress=True)
         digest = hashlib.sha256(raw).hexdigest()
         matrix, subjects, items = response_matrix(read_responses(raw, self.responses))
         fit = fit_irt(matrix, model=self.irt_model, prior_sd=self.b_prior_sd(), device="cpu")
@@ -266,35 +296,33 @@ class IRTSelector(Selector):
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp)
         tmp.replace(path)
-        return {"source": "responses", "irt_model": self.irt_model, "responses": self.responses,
-                "responses_sha256": digest, "items_path": str(path), "n_subjects": len(subjects),
-                "n_items": len(items), "stage_edges": stage_edges(fit.b, self.n_stages),
-                "converged": fit.converged, "mean_correct": float(np.nanmean(matrix))}
+        return IRTPrepared(source="responses", irt_model=self.irt_model, responses=self.responses,
+                           responses_sha256=digest, items_path=str(path), n_subjects=len(subjects),
+                           n_items=len(items), stage_edges=stage_edges(fit.b, self.n_stages),
+                           converged=fit.converged, mean_correct=float(np.nanmean(matrix)))
 
     # -- per worker ------------------------------------------------------------------------------
-    def fit(self, targets, prepared=None):
-        super().fit(targets, prepared)
-        if not self.prepared_:
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared, targets)
+        if prepared is None:
             raise ValueError("irt: nothing prepared (run prepare() first: it builds the crowd)")
-        self.edges_ = np.asarray(self.prepared_["stage_edges"], dtype=np.float64)
-        if self.prepared_["source"] == "responses":
-            table = pq.read_table(self.prepared_["items_path"])
+        self.edges_ = np.asarray(prepared.stage_edges, dtype=np.float64)
+        if prepared.source == "responses":
+            table = pq.read_table(prepared.items_path)
             self.items_ = dict(zip(table.column("item").to_pylist(),
                                    zip(table.column("difficulty").to_pylist(), table.column("discrimination").to_pylist())))
         else:
-            self.theta_ = np.asarray(self.prepared_["theta"], dtype=np.float64)
-            self.crowd_ = self._crowd(self.prepared_["data_kind"], self.prepared_,
-                                      getattr(self, "context_", RunContext()))
-        return self
+            self.theta_ = np.asarray(prepared.theta, dtype=np.float64)
+            self.crowd_ = self._crowd(prepared.data_kind, prepared.to_json(), context)
 
     def answers(self, records: list[dict]) -> np.ndarray:
         """The crowd's 1/0 answers on ``records``: [subjects, records], NaN where there is none."""
-        if self.prepared_["data_kind"] == "classification":
+        if self.prepared_.data_kind == "classification":
             return self.crowd_.answers(records)
-        return loss_answers(self.crowd_.losses(records), self.prepared_["loss_threshold"])
+        return loss_answers(self.crowd_.losses(records), self.prepared_.loss_threshold)
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
-        if self.prepared_["source"] == "responses":
+        if self.prepared_.source == "responses":
             found = [self.items_.get(r["id"]) for r in records]
             b = np.array([f[0] if f else np.nan for f in found], dtype=np.float64)
             a = np.array([f[1] if f else np.nan for f in found], dtype=np.float64)
@@ -308,17 +336,17 @@ class IRTSelector(Selector):
                 "discrimination": a.astype(np.float32), "curriculum_stage": stage}
 
     def model_info(self) -> dict[str, dict]:
-        prepared = getattr(self, "prepared_", {}) or {}
+        prepared = getattr(self, "prepared_", None) or IRTPrepared("", self.irt_model, [])  # before prepare: empty
         if self.responses is not None:
-            return {"irt.responses": {"path": self.responses, "sha256": prepared.get("responses_sha256")}}
-        if prepared.get("data_kind") == "classification":
+            return {"irt.responses": {"path": self.responses, "sha256": prepared.responses_sha256}}
+        if prepared.data_kind == "classification":
             crowd = getattr(self, "crowd_", None)
             loaded = crowd.embedder.path if isinstance(crowd, _HeadCrowd) else None
             return {"irt.embedder": model_record(self.embedder, loaded, pooling=self.pooling),
-                    "irt.heads": {"path": prepared["heads"], "key": prepared["key"]}}
-        if self.model is not None:
-            return {"irt.crowd": dict(run) for run in prepared.get("runs", [])}
-        return {f"irt.crowd.w{run['width']}": run for run in prepared.get("runs", [])}
+                    "irt.heads": {"path": prepared.heads, "key": prepared.key}}
+        if self.model is not None:  # the pretrained crowd: one LoRA run
+            return {"irt.crowd": dict(run) for run in prepared.runs}
+        return {f"irt.crowd.w{run['width']}": run for run in prepared.runs}
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -41,15 +41,14 @@ whatever the sharding or row order.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+from dataclasses import dataclass
 import sys
 
 import numpy as np
 import pyarrow as pa
 
-from ..io import blobs
+from ..io import filesystems
 from ..models.cache import content_hash, slice_digest
 from ..models.embedder import POOLING_CHOICES, model_record, open_embedder, resolve_pooling
 from ..models.lm import encode_for_model
@@ -59,9 +58,18 @@ from ..models.records import render, user_text
 from ..models.stats import mean_token_loss
 from ..models.train import train_proxy
 from ..schemas.proxy import ProxyModelConfig, TrainConfig
-from .base import PoolSample, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector
+from .rules import ClusterQuotas
 
-REPORT_KEY = b"tamis.selection_report"  # schema metadata that the pipeline writes next to the run
+
+@dataclass(frozen=True)
+class KMeansPrepared(Prepared):
+    k: int  # clusters fitted
+    n_pool: int  # pool rows counted
+    n_sample: int  # rows the centroids were fitted on
+    centroids: str | list | None = None  # the centroid file, or the centroids inline (no work folder)
+    counts: list[int] | None = None  # sample rows per cluster, inline with inline centroids
+    proxy: dict | None = None  # the refinement's reference proxy (proxy_ref), rounds > 1
 
 
 # -- pure pieces (unit-tested) -----------------------------------------------------------------
@@ -77,102 +85,12 @@ def default_k(n_pool: int, n_sample: int, rule: str = "sqrt") -> int:
     return int(max(2, min(k, n_sample)))
 
 
-def allocate(budget: int, capacity, weights) -> np.ndarray:
-    """Integer quotas summing to min(budget, total capacity), each at most its cluster's capacity,
-    as close to proportional to ``weights`` as integers allow.
-
-    Clusters that cannot take their share are filled and leave the rest to the others
-    (repeatedly), then the largest remainders get the last units (ties: lower cluster id).
-    Zero-weight clusters take rows only when nothing else has room, so the budget always fills.
-    """
-    capacity = np.asarray(capacity, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if capacity.shape != weights.shape or (weights < 0).any() or not np.isfinite(weights).all():
-        raise ValueError("capacity and weights must have one finite, non-negative value per cluster")
-    counts = np.zeros_like(capacity)
-    target = int(min(budget, capacity.sum()))
-    while counts.sum() < target:
-        left = target - int(counts.sum())
-        room = capacity - counts
-        open_ = room > 0
-        w = np.where(open_, weights, 0.0)
-        if w.sum() <= 0:  # only zero-weight clusters have room: share evenly among them
-            w = open_.astype(np.float64)
-        share = left * w / w.sum()
-        full = open_ & (share >= room)
-        if full.any():
-            counts[full] = capacity[full]
-            continue
-        base = np.floor(share).astype(np.int64)
-        rest = left - int(base.sum())
-        order = [i for i in np.lexsort((np.arange(len(share)), -(share - base))) if open_[i]]
-        counts += base
-        counts[order[:rest]] += 1
-    return counts
-
-
-def softmax(values, temperature: float = 1.0) -> np.ndarray:
-    """Max-shifted softmax of values / temperature (the reference's has no shift and overflows)."""
-    z = np.asarray(values, dtype=np.float64) / temperature
-    z = np.exp(z - z.max())
-    return z / z.sum()
-
-
-def gumbel_keys(ids, seed: int) -> np.ndarray:
-    """One standard Gumbel number per id, fixed by (seed, id): independent of row order."""
-    u = np.empty(len(ids), dtype=np.float64)
-    for i, rid in enumerate(ids):
-        digest = hashlib.blake2b(f"{seed}\x00{rid}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        u[i] = (int.from_bytes(digest, "big") + 0.5) / 2**64
-    return -np.log(-np.log(u))
-
-
-def quality_logits(quality, temperature: float, standardize: bool = True) -> np.ndarray:
-    """log of the sampling weights, quality / temperature; missing quality counts as the lowest."""
-    q = np.asarray(quality, dtype=np.float64)
-    finite = np.isfinite(q)
-    if not finite.any():
-        return np.zeros(len(q))
-    q = np.where(finite, q, q[finite].min())
-    if standardize:
-        sd = q.std()
-        q = (q - q.mean()) / sd if sd > 0 else np.zeros_like(q)
-    return q / temperature
-
-
-def draw(clusters: np.ndarray, keys: np.ndarray, taken: np.ndarray, n: int, weights, k: int):
-    """One round: quotas from ``weights`` over the clusters' untaken rows, then each cluster's
-    highest keys. With keys = log w + Gumbel this samples without replacement with p ∝ w
-    (Gumbel-top-k), and later rounds continue the same draw. Returns (rows in round-robin order
-    over clusters, quotas)."""
-    capacity = np.bincount(clusters[~taken], minlength=k)
-    quotas = allocate(n, capacity, weights)
-    picks = []
-    for c in np.flatnonzero(quotas):
-        rows = np.flatnonzero((clusters == c) & ~taken)
-        best = rows[np.lexsort((rows, -keys[rows]))[: quotas[c]]]
-        picks.extend((j, int(c), int(r)) for j, r in enumerate(best))
-    # Round-robin over clusters: any prefix of the selection is spread over the clusters too.
-    return np.array([r for _, _, r in sorted(picks)], dtype=np.int64), quotas
-
-
-def cluster_gaps(clusters: np.ndarray, ratios: np.ndarray, k: int) -> np.ndarray:
-    """Mean loss ratio per cluster over its rows with a ratio; clusters without one get the mean."""
-    ok = np.isfinite(ratios)
-    sums = np.bincount(clusters[ok], weights=ratios[ok], minlength=k)
-    counts = np.bincount(clusters[ok], minlength=k)
-    gaps = np.full(k, np.nan)
-    gaps[counts > 0] = sums[counts > 0] / counts[counts > 0]
-    fill = np.nanmean(gaps) if (counts > 0).any() else 0.0
-    return np.where(np.isnan(gaps), fill, gaps)
-
-
 # -- the selector --------------------------------------------------------------------------------
 class KMeansSelector(Selector):
     """kMQ: equal cluster quotas (redistributed), quality-weighted draws, optional refinement."""
 
     name = "kmeans"
-    custom_selection = True
+    prepared_type = KMeansPrepared
 
     def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "auto", text: str = "user",
                  k: int | None = None, k_rule: str = "sqrt", sample_size: int = 20_480, niter: int = 50, nredo: int = 1,
@@ -224,13 +142,7 @@ class KMeansSelector(Selector):
     # -- declared output ----------------------------------------------------------------------
     def columns(self, tasks: list[str]) -> list[pa.Field]:
         return super().columns(tasks) + [pa.field("cluster", pa.int32()), pa.field("cluster_distance", pa.float32()),
-                                         *self.selection_fields()]
-
-    def selection_fields(self) -> list[pa.Field]:
-        return [pa.field("selection_round", pa.int32())]
-
-    def selection_inputs(self, tasks: list[str]) -> list[str]:
-        return ["cluster"] + ([] if self.quality == "uniform" else [self.quality])
+                                         *ClusterQuotas.fields]
 
     # -- prepare: centroids (and the refinement proxy), once per run --------------------------------
     def _proxy_config(self, seed: int) -> ProxyModelConfig:
@@ -254,7 +166,7 @@ class KMeansSelector(Selector):
         text = render if self.text == "all" else user_text
         return embedder.embed([text(r) for r in records])
 
-    def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets, context: RunContext) -> KMeansPrepared:
         import faiss
 
         n_pool = 0
@@ -268,15 +180,16 @@ class KMeansSelector(Selector):
         proxy_rows = self._proxy_config(context.seed).sample_size if self.rounds > 1 and self.proxy_model is None else 0
         sample = PoolSample(counted).sample(1.0, max(self.sample_size, proxy_rows), seed=42)
         fit_rows = sample[: self.sample_size]  # slices are nested: the lowest hashes of one draw
-        if not fit_rows:
-            raise ValueError("kmeans: the pool is empty")
+        if not fit_rows:  # an empty or all-rejected pool: nothing to cluster, and nothing to score
+            self.prepared_ = KMeansPrepared(0, n_pool, 0)
+            return self.prepared_
         k = min(self.k or default_k(n_pool, len(fit_rows), self.k_rule), len(fit_rows))
-        prepared: dict = {"k": k, "n_pool": n_pool, "n_sample": len(fit_rows)}
+        prepared: dict = {}
         key = content_hash({"slice": slice_digest(fit_rows), "k": k, "seed": context.seed,
                             **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
                             "model_sha256": fingerprint(self.model), "max_length": context.max_length})[:16]
         path = f"{context.work_dir.rstrip('/')}/kmeans-{key}.safetensors" if context.work_dir else None
-        if path is None or not blobs.exists(path):  # a resumed run reuses its centroids
+        if path is None or not filesystems.exists(path):  # a resumed run reuses its centroids
             vectors = self._embed(self._embedder(context), fit_rows)
             km = faiss.Kmeans(vectors.shape[1], k, niter=self.niter, nredo=self.nredo, seed=context.seed,
                               verbose=False)
@@ -286,13 +199,13 @@ class KMeansSelector(Selector):
             if path is None:  # no work folder (direct use): small enough to pass inline
                 prepared.update(centroids=km.centroids.tolist(), counts=counts.tolist())
             else:
-                blobs.write_bytes(path, _to_safetensors(km.centroids, counts))
+                filesystems.write_bytes(path, _to_safetensors(km.centroids, counts))
         if path is not None:
             prepared["centroids"] = path
         if self.rounds > 1:
             prepared["proxy"] = self._prepare_proxy(sample[:proxy_rows], context)
-        self.prepared_ = prepared
-        return prepared
+        self.prepared_ = KMeansPrepared(k, n_pool, len(fit_rows), **prepared)
+        return self.prepared_
 
     def _prepare_proxy(self, rows: list[dict], context: RunContext) -> dict:
         """The refinement's reference proxy: a given model as is, or a small one built from the pool."""
@@ -301,27 +214,26 @@ class KMeansSelector(Selector):
                                       device=context.device, progress=sys.stderr.isatty()), spec)
 
     # -- scoring: nearest centroid, per worker ---------------------------------------------------
-    def setup(self, context: RunContext) -> None:
-        super().setup(context)
-        self.embedder_ = None  # loaded at the first score(): the selection pass never needs it
-
-    def fit(self, targets, prepared=None):
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
         import faiss
 
-        super().fit(targets, prepared)
-        centroids = self.prepared_.get("centroids")
+        super().setup(context, prepared, targets)
+        self.embedder_ = None  # loaded at the first score(): the selection pass never needs it
+        if prepared is not None and prepared.k == 0:  # no valid row in the pool: score() is never given one
+            self.k_, self.index_, self.weight_ = 0, None, np.zeros(0, np.float32)
+            return
+        centroids = prepared.centroids if prepared is not None else None
         if centroids is None:
             raise ValueError("kmeans: nothing prepared (run prepare() first: it fits the centroids)")
         if isinstance(centroids, str):
-            centroids, counts = _from_safetensors(blobs.read_bytes(centroids))
+            centroids, counts = _from_safetensors(filesystems.read_bytes(centroids))
         else:
-            centroids, counts = np.asarray(centroids, np.float32), np.asarray(self.prepared_["counts"])
+            centroids, counts = np.asarray(centroids, np.float32), np.asarray(prepared.counts)
         self.k_ = len(centroids)
         self.index_ = faiss.IndexFlatL2(centroids.shape[1])
         self.index_.add(np.ascontiguousarray(centroids, dtype=np.float32))
         share = (counts + 1.0) / (counts.sum() + self.k_)  # smoothed: an empty cluster is rare, not impossible
         self.weight_ = ((1.0 / self.k_) / share).astype(np.float32)
-        return self
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         if self.embedder_ is None:
@@ -337,56 +249,20 @@ class KMeansSelector(Selector):
         }
 
     # -- selection: quotas, quality-weighted draws, refinement -------------------------------------
-    def select(self, table: pa.Table, k: int, context: RunContext) -> pa.Table:
-        table = table.sort_by("id")  # the rows arrive in shard order; the draw must not depend on it
-        ids = table.column("id").to_pylist()
-        clusters = table.column("cluster").to_numpy(zero_copy_only=False).astype(np.int64)
-        if self.quality == "uniform":
-            logits = np.zeros(len(ids))
-        elif self.quality not in table.column_names:
-            raise ValueError(f"kmeans: quality column {self.quality!r} is not in this run "
-                             f"(it has: {', '.join(c for c in table.column_names if c != 'id')})")
-        else:
-            quality = table.column(self.quality).to_numpy(zero_copy_only=False)
-            logits = quality_logits(quality, self.temperature, self.standardize)
-        keys = logits + gumbel_keys(ids, context.seed)
-        n_clusters = max(self.k_, int(clusters.max()) + 1 if len(ids) else 0)
-        rounds = max(1, min(self.rounds, k))
-        sizes = [k // rounds + (r < k % rounds) for r in range(rounds)]
-        taken = np.zeros(len(ids), dtype=bool)
-        order: list[np.ndarray] = []
-        report = []
-        weights, gaps = np.full(n_clusters, 1.0 / n_clusters), None
-        for r, size in enumerate(sizes, start=1):
-            if r > 1:
-                chosen = np.concatenate(order)
-                gaps = cluster_gaps(clusters[chosen], self._loss_ratios([ids[i] for i in chosen], context, r),
-                                    n_clusters)
-                weights = softmax(gaps, self.gap_temperature)
-            picked, quotas = draw(clusters, keys, taken, size, weights, n_clusters)
-            taken[picked] = True
-            order.append(picked)
-            report.append({"round": r, "selected": int(len(picked)), "cluster_weights": [float(w) for w in weights],
-                           "quotas": [int(q) for q in quotas],
-                           "loss_gap": None if gaps is None else [float(g) for g in gaps]})
-        chosen = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
-        rounds_of = np.concatenate([np.full(len(p), r, dtype=np.int32) for r, p in enumerate(order, start=1)]) \
-            if order else np.zeros(0, dtype=np.int32)
-        self.report_ = {"selector": self.name, "k": int(n_clusters), "budget": int(k), "eligible": len(ids),
-                        "quality": self.quality, "temperature": self.temperature, "rounds": report}
-        out = pa.table({"id": pa.array([ids[i] for i in chosen], pa.string()),
-                        "selection_round": pa.array(rounds_of, pa.int32())})
-        return out.replace_schema_metadata({REPORT_KEY: json.dumps(self.report_).encode()})
+    def selection_rule(self) -> ClusterQuotas:
+        """kMQ's quotas; with ``rounds > 1`` the refinement trains on the picks (after setup)."""
+        return ClusterQuotas(quality=None if self.quality == "uniform" else self.quality,
+                             temperature=self.temperature, standardize=self.standardize, rounds=self.rounds,
+                             gap_temperature=self.gap_temperature, n_clusters=getattr(self, "k_", 0),
+                             loss_ratios=self.loss_ratios if self.rounds > 1 else None)
 
-    def _loss_ratios(self, ids: list[str], context: RunContext, round_: int) -> np.ndarray:
+    def loss_ratios(self, rows: list[dict]) -> np.ndarray:
         """Per selected row: the proxy's mean token loss after training on the selection so far,
-        divided by its loss before (the reference proxy)."""
-        read = getattr(self, "pool_rows_", None)
-        if read is None:
-            raise ValueError("kmeans: refinement trains on the selected rows; set pool_rows_ (the pipeline does)")
+        divided by its loss before (the reference proxy). After setup."""
+        context = self.context_
         records = [{"id": r["id"], "messages": r["messages"], "text": r["text"], "extra": r.get("extra")}
-                   for r in read(ids)]
-        ref = self.prepared_.get("proxy")
+                   for r in rows]
+        ref = self.prepared_.proxy
         if ref is None:
             raise ValueError("kmeans: no refinement proxy prepared (prepare() with rounds > 1 makes one)")
         config = TrainConfig(mode="full" if "path" in ref else self.proxy_mode, fraction=1.0, seed=context.seed,
@@ -408,13 +284,13 @@ class KMeansSelector(Selector):
         applied = embedder.pooling if embedder else resolve_pooling(self.model, self.pooling, self.trust_remote_code)
         info = {"kmeans.embedder": model_record(self.model, getattr(self, "model_path_", None), pooling=applied,
                                                 pooling_requested=self.pooling, text=self.text)}
-        proxy = (getattr(self, "prepared_", None) or {}).get("proxy")
+        proxy = getattr(getattr(self, "prepared_", None), "proxy", None)  # before prepare: none
         if proxy:
             info["kmeans.proxy"] = dict(proxy)
         return info
 
 
-# -- centroid files (written and read through tamis.io.blobs) ----------------------------------------------------------
+# -- centroid files (written and read through tamis.io.filesystems) ----------------------------------------------------------
 def _to_safetensors(centroids: np.ndarray, counts: np.ndarray) -> bytes:
     from safetensors.numpy import save
 

@@ -16,6 +16,10 @@ Pool features are the costly part, so they go to a :class:`~tamis.models.feature
 keyed by (proxy, checkpoint, the chunk's rows, length limit, projection): selecting for a new
 task computes only the targets' gradients, and a killed run resumes from the chunks it finished.
 
+Memory does not grow with the parameter count times the projection size: per-example gradients
+too large for ``block_mb`` stream through the projection a weight at a time, and the projection
+is regenerated a tile at a time (README, "LESS's memory", has the formula and measurements).
+
 Two sizes. ``preset="paper"`` is the paper's recipe (LoRA r=128, alpha=512, lr 2e-5, projection
 to 8192), the default when ``model`` names a real LM. ``preset="small"`` is the default for the
 proxy tamis builds from the pool (2 layers x 64, LoRA r=8 on the attention projections, lr 1e-3,
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,7 +37,7 @@ from ..models.lm import encode_for_model
 from ..models.proxies import ProxySpec, obtain_proxy
 from ..models.train import train_proxy
 from ..schemas.proxy import TrainConfig
-from .base import PoolSample, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector
 
 log = logging.getLogger("tamis.selectors")
 
@@ -44,11 +48,26 @@ PRESETS = {
 }
 
 
+@dataclass(frozen=True)
+class LessPrepared(Prepared):
+    proxy: str  # the warmed-up proxy's folder
+    key: str  # its cache key (the feature store keys on it)
+    weights: list[float]  # per checkpoint: its share of the warm-up's learning rate
+    checkpoints: list[int]
+    preset: str  # the effective LoRA and projection settings
+    lora_r: int
+    lora_alpha: float
+    lr: float
+    proj_dim: int
+    max_length: int  # tokens per example in the warm-up, and so in every worker's gradients
+
+
 class LessSelector(Selector):
     """Score = weighted cosine of Adam-preconditioned pool gradients to target gradients (higher is better)."""
 
     name = "less"
     needs_target = True
+    prepared_type = LessPrepared
 
     def __init__(self, model: str | None = None, preset: str | None = None,
                  lora_r: int | None = None, lora_alpha: float | None = None, lora_dropout: float = 0.1,
@@ -56,8 +75,8 @@ class LessSelector(Selector):
                  fraction: float = 0.05, max_warmup_examples: int | None = None, epochs: int = 4,
                  batch_size: int = 32, sample_size: int = 10_000, build_epochs: int = 2,
                  n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, positions: int = 256,
-                 chunk_size: int = 16, feature_store: str | None = None, max_length: int | None = None,
-                 warmup_loss: str = "example", trust_remote_code: bool = False):
+                 chunk_size: int = 16, block_mb: float = 256, feature_store: str | None = None,
+                 max_length: int | None = None, warmup_loss: str = "example", trust_remote_code: bool = False):
         self.model = model  # HF id or folder to warm up; None builds a small GPT-2 from the pool first
         self.preset = preset  # "paper" or "small"; None: "paper" for a given model, "small" for a built one
         # LoRA warm-up and projection; None takes the preset's value.
@@ -82,6 +101,10 @@ class LessSelector(Selector):
         self.vocab_size = vocab_size
         self.positions = positions
         self.chunk_size = chunk_size  # examples per batched gradient pass
+        # What featurization may hold besides the model, the chunk's activations and its [chunk,
+        # proj_dim] result: a chunk's whole gradients when they fit, else one block of them and
+        # of the projection (README, "Memory").
+        self.block_mb = block_mb
         self.feature_store = feature_store  # folder or URL; None: $TAMIS_CACHE/features
         # Tokens per example for warm-up and gradients; None: the run's --max-length (512). LESS uses 2048.
         self.max_length = max_length
@@ -95,6 +118,8 @@ class LessSelector(Selector):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+        if not block_mb > 0:
+            raise ValueError(f"block_mb must be > 0, got {block_mb!r}")
         if warmup_loss not in ("example", "token"):
             raise ValueError(f"warmup_loss must be 'example' or 'token', got {warmup_loss!r}")
         if max_length is not None and max_length < 8:
@@ -131,10 +156,7 @@ class LessSelector(Selector):
                            lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=self.lora_dropout,
                            max_length=context.max_length, dtype=context.dtype, loss_weighting=self.warmup_loss)
 
-    def setup(self, context: RunContext) -> None:
-        super().setup(self.own_context(context))
-
-    def prepare(self, pool: PoolSample, targets, context: RunContext) -> dict:
+    def prepare(self, pool: PoolSample, targets, context: RunContext) -> LessPrepared:
         if not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
         context = self.own_context(context)
@@ -147,28 +169,34 @@ class LessSelector(Selector):
                            trust_remote_code=self.trust_remote_code)
         if not warm.complete:
             raise RuntimeError(f"less: warm-up at {warm.path} did not finish")
-        self.prepared_ = {"proxy": str(warm.path), "key": warm.key, "weights": warm.lr_weights(),
-                          "checkpoints": [c.index for c in warm.checkpoints], **self.settings()}
+        self.prepared_ = LessPrepared(proxy=str(warm.path), key=warm.key, weights=warm.lr_weights(),
+                                      checkpoints=[c.index for c in warm.checkpoints], **self.settings(),
+                                      max_length=context.max_length)
         return self.prepared_
 
     # -- features and scores (per worker) -----------------------------------------------------------
-    def fit(self, targets, prepared=None):
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
         from ..models.features import FeatureStore
-        from ..models.projection import RademacherProjector
+        from ..models.projection import DEFAULT_TILE_ROWS, RademacherProjector
         from ..models.stats import grad_dim
         from ..models.train import TrainedProxy
 
-        super().fit(targets, prepared)
-        if not self.prepared_.get("proxy"):
+        if prepared is not None:  # the warm-up's max_length, whatever this worker's run context says
+            context = replace(context, max_length=prepared.max_length)
+        super().setup(context, prepared, targets)
+        if prepared is None:
             raise ValueError("less: nothing prepared (run prepare() first: it trains the warm-up proxy)")
-        self.proxy_ = TrainedProxy.open(self.prepared_["proxy"])
+        self.proxy_ = TrainedProxy.open(prepared.proxy)
         self.model_, self.tokenizer_ = self.proxy_.load(0, device=self.context_.device, dtype=self.context_.dtype,
                                                         trainable=True)
         self.loaded_checkpoint_ = 0
         self.checkpoint_states_ = {}
-        self.weights_ = np.asarray(self.prepared_["weights"], dtype=np.float64)
-        self.projector_ = RademacherProjector(grad_dim(self.model_), self.prepared_["proj_dim"],
-                                              seed=self.proj_seed, device=self.context_.device)
+        self.weights_ = np.asarray(prepared.weights, dtype=np.float64)
+        proj_dim = prepared.proj_dim
+        # The whole matrix is kept only when it fits the block budget, and a tile never exceeds it.
+        self.projector_ = RademacherProjector(grad_dim(self.model_), proj_dim, seed=self.proj_seed,
+                                              device=self.context_.device, cache_bytes=self.block_bytes,
+                                              tile_rows=max(1, min(DEFAULT_TILE_ROWS, self.block_bytes // (4 * proj_dim))))
         self.store_ = FeatureStore(self.feature_store)
         # Per task: target features per checkpoint [m, d] and the row indices of each subtask.
         self.targets_ = {}
@@ -183,17 +211,26 @@ class LessSelector(Selector):
             feats = [self.features([examples[i] for i in usable], ckpt, adam=False)
                      for ckpt in range(len(self.proxy_.checkpoints))]
             self.targets_[task] = (feats, [np.asarray(groups[k]) for k in sorted(groups)])
-        return self
+
+    @property
+    def block_bytes(self) -> int:
+        return int(self.block_mb * (1 << 20))
 
     def checkpoint_state(self, ckpt: int) -> tuple[dict, dict]:
-        """(LoRA weights, Adam moments) of checkpoint ``ckpt``, read from disk once per worker:
-        every chunk visits every checkpoint, and both are small next to the frozen base model."""
+        """(LoRA weights, Adam moments) of checkpoint ``ckpt``. Every chunk visits every
+        checkpoint, so all checkpoints' states stay in memory when together they fit the block
+        budget (read from disk once per worker); larger ones (3 x the LoRA size each) are kept
+        one at a time and read again when a chunk comes back to them."""
         from safetensors.torch import load_file
 
         if ckpt not in self.checkpoint_states_:
             checkpoint = self.proxy_.checkpoints[ckpt]
-            self.checkpoint_states_[ckpt] = (load_file(str(checkpoint.path / "adapter_model.safetensors")),
-                                             checkpoint.adam_moments())
+            state = (load_file(str(checkpoint.path / "adapter_model.safetensors")), checkpoint.adam_moments())
+            size = sum(t.numel() * t.element_size() for t in state[0].values())
+            size += sum(t.numel() * t.element_size() for pair in state[1].values() for t in pair)
+            if size * len(self.proxy_.checkpoints) > self.block_bytes:
+                self.checkpoint_states_.clear()
+            self.checkpoint_states_[ckpt] = state
         return self.checkpoint_states_[ckpt]
 
     def use_checkpoint(self, ckpt: int) -> None:
@@ -212,7 +249,7 @@ class LessSelector(Selector):
         self.use_checkpoint(ckpt)
         moments = self.checkpoint_state(ckpt)[1] if adam else None
         return per_example_grads(self.model_, examples, adam_moments=moments, projector=self.projector_,
-                                 normalize=True, chunk_size=self.chunk_size,
+                                 normalize=True, chunk_size=self.chunk_size, block_bytes=self.block_bytes,
                                  batch_tokens=min(self.context_.batch_tokens, 256 * self.chunk_size))
 
     def pool_features(self, records: list[dict], examples, ckpt: int) -> np.ndarray:
@@ -220,7 +257,7 @@ class LessSelector(Selector):
         from ..models.cache import slice_digest
 
         checkpoint = self.proxy_.checkpoints[ckpt]
-        key = self.store_.key(kind="less-adam", proxy=self.prepared_["key"], checkpoint=checkpoint.index,
+        key = self.store_.key(kind="less-adam", proxy=self.prepared_.key, checkpoint=checkpoint.index,
                               rows=slice_digest(records), max_length=self.context_.max_length,
                               projection=self.projector_.definition)
         found = self.store_.get(key)
@@ -253,9 +290,9 @@ class LessSelector(Selector):
         return {"features_reused": store.hits, "features_computed": store.misses} if store is not None else {}
 
     def model_info(self) -> dict[str, dict]:
-        prepared = getattr(self, "prepared_", {}) or {}
-        info = {"less.warmup": {k: prepared[k] for k in ("proxy", "key", "weights", "preset", "lora_r", "proj_dim")
-                                if k in prepared}}
+        prepared = getattr(self, "prepared_", None)  # None before prepare
+        info = {"less.warmup": {k: getattr(prepared, k) for k in ("proxy", "key", "weights", "preset", "lora_r",
+                                                                  "proj_dim")} if prepared else {}}
         store = getattr(self, "store_", None)
         if store is not None:
             info["less.features"] = {"path": store.root}

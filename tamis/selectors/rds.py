@@ -10,15 +10,22 @@ pooled by SGPT's position-weighted mean. The default model is all-MiniLM-L6-v2, 
 encoder, which is what the RDS+ paper calls an *embedding baseline*: cheap and often strong, but
 not RDS+. ``pooling="auto"`` (the default) follows the model: the weighted mean for a causal LM,
 the encoder's own plain mean for an encoder; the manifest records which was applied.
+
+With ``per_query=True`` the selector also writes each row's cosine to every target example
+(``queries_rds_<task>``, a list column) and the selection goes round-robin over the target
+examples, each taking its best remaining row in turn: the RDS+ reference's main recipe. The
+default, the global top-k by max cosine, stores one float per row and task instead.
 """
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from ..models.embedder import POOLING_CHOICES, model_record, open_embedder, resolve_pooling
 from ..models.loading import DEFAULT_EMBEDDER
 from ..models.records import render
 from .base import RunContext, Selector
+from .rules import TopK, query_column
 
 
 class RDSSelector(Selector):
@@ -28,23 +35,19 @@ class RDSSelector(Selector):
     needs_target = True
 
     def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "auto",
-                 index: str = "flat", nlist: int = 64, nprobe: int = 8, trust_remote_code: bool = False):
+                 index: str = "flat", nlist: int = 64, nprobe: int = 8, trust_remote_code: bool = False,
+                 per_query: bool = False):
         self.model = model  # HF id, local folder, or "minilm" (the packaged all-MiniLM-L6-v2)
         self.pooling = pooling  # "auto" (by the model), "weighted_mean" (RDS+'s, for causal LMs) or "mean"
         self.index = index  # "flat" (exact) or "ivf" (approximate, for large target sets)
         self.nlist = nlist  # IVF cells
         self.nprobe = nprobe  # IVF cells searched per query
         self.trust_remote_code = trust_remote_code
+        self.per_query = per_query  # select round-robin over the target examples (the RDS+ reference's recipe)
         if index not in ("flat", "ivf"):
             raise ValueError(f"index must be 'flat' or 'ivf', got {index!r}")
         if pooling not in POOLING_CHOICES:
             raise ValueError(f"pooling must be one of {', '.join(POOLING_CHOICES)}, got {pooling!r}")
-
-    def setup(self, context: RunContext) -> None:
-        super().setup(context)
-        self.embedder_ = open_embedder(self.model, pooling=self.pooling, max_length=context.max_length,
-                                       batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
-                                       trust_remote_code=self.trust_remote_code)
 
     def _embed(self, records: list[dict]) -> np.ndarray:
         return self.embedder_.embed([render(r) for r in records])
@@ -63,10 +66,30 @@ class RDSSelector(Selector):
         index.add(vectors)
         return index
 
-    def fit(self, targets, prepared=None):
-        super().fit(targets, prepared)
-        self.indexes_ = {task: self._build_index(self._embed(targets[task])) for task in self.tasks_}
-        return self
+    def setup(self, context: RunContext, prepared=None, targets=None) -> None:
+        super().setup(context, prepared, targets)
+        self.embedder_ = open_embedder(self.model, pooling=self.pooling, max_length=context.max_length,
+                                       batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
+                                       trust_remote_code=self.trust_remote_code)
+        vectors = {task: self._embed(targets[task]) for task in self.tasks_}
+        self.indexes_ = {task: self._build_index(v) for task, v in vectors.items()}
+        # Exact search over every target example, so its best equals the flat index's max cosine.
+        self.queries_ = {task: self._build_flat(v) for task, v in vectors.items()} if self.per_query else {}
+
+    @staticmethod
+    def _build_flat(vectors: np.ndarray):
+        import faiss
+
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        return index
+
+    def columns(self, tasks: list[str]) -> list[pa.Field]:
+        extra = [pa.field(query_column(c), pa.list_(pa.float32())) for c in self.score_columns(tasks).values()]
+        return super().columns(tasks) + (extra if self.per_query else [])
+
+    def selection_rule(self) -> TopK:
+        return TopK(over="queries" if self.per_query else "tasks")
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         vectors = self._embed(records)
@@ -74,6 +97,12 @@ class RDSSelector(Selector):
         for task, column in self.score_columns(self.tasks_).items():
             best, _ = self.indexes_[task].search(vectors, 1)
             out[column] = best[:, 0].astype(np.float32)
+            if self.per_query:
+                index = self.queries_[task]
+                found, which = index.search(vectors, index.ntotal)
+                cosines = np.empty_like(found)
+                np.put_along_axis(cosines, which, found, axis=1)  # back in target-example order
+                out[query_column(column)] = np.array(list(cosines) + [None], dtype=object)[:-1]
         return out
 
     def model_info(self) -> dict[str, dict]:

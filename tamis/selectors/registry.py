@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
+from ..errors import ConfigError
 from .base import Selector
 
 ENTRY_POINT_GROUP = "tamis.selectors"
@@ -17,6 +18,10 @@ BUILTIN = {
     "irt": "tamis.selectors.irt:IRTSelector",
     "color": "tamis.selectors.color:ColorFilterSelector", "el2n": "tamis.selectors.el2n:EL2NSelector", "grand": "tamis.selectors.el2n:GraNdSelector",
 }
+
+
+class UnknownSelectorError(ConfigError, KeyError):
+    """No selector is registered under this name (a KeyError too, as a mapping lookup)."""
 
 
 def _load(ref: str) -> type[Selector]:
@@ -40,7 +45,7 @@ def get(name: str) -> type[Selector]:
     """The selector class registered under ``name``."""
     ref = BUILTIN.get(name) or _plugins().get(name)
     if ref is None:
-        raise KeyError(f"unknown selector {name!r}; available: {', '.join(available())}")
+        raise UnknownSelectorError(f"unknown selector {name!r}; available: {', '.join(available())}")
     cls = _load(ref)
     if cls.name != name:
         raise TypeError(f"{ref} declares name {cls.name!r} but is registered as {name!r}")

