@@ -301,7 +301,7 @@ def test_disk_full_and_read_only_are_one_line_in_either_pass(tmp_path, tiny_fs, 
 @pytest.mark.parametrize("selector, extra", [
     ("kmeans", ["--param", "kmeans.sample_size=50"]),
     ("el2n", ["--param", "el2n.runs=1", "--param", "el2n.n_layer=1", "--param", "el2n.n_embd=16",
-              "--param", "el2n.vocab_size=300", "--param", "el2n.context=64"]),
+              "--param", "el2n.vocab_size=300", "--param", "el2n.positions=64"]),
 ])
 @pytest.mark.parametrize("lines", [[], [b"not json\n", b'{"id": "x"}\n', b'{"messages": []}\n']],
                          ids=["empty", "all-rejected"])
@@ -318,3 +318,17 @@ def test_an_empty_or_all_rejected_pool_writes_its_rejects_and_a_note(tmp_path, t
 
     rejects = [pq.read_table(p) for p in glob.glob(str(tmp_path / "o" / "rejects" / "*.parquet"))]
     assert sum(t.num_rows for t in rejects) == len(lines)
+
+
+def test_a_number_in_exponent_form_is_a_number_though_yaml_reads_it_as_a_string():
+    """PyYAML (YAML 1.1) reads `2e-5` as a string; strict typing must still take it as the number
+    users mean (`--param less.lr=2e-5`), while a word stays refused."""
+    from tamis.errors import ConfigError
+    from tamis.schemas.config import parse_param_pairs
+    from tamis.selectors import registry
+
+    params = parse_param_pairs(["lr=2e-5"])
+    assert params == {"lr": "2e-5"}  # what YAML gives
+    assert registry.get("less").check_params(params) == {"lr": 2e-5}
+    with pytest.raises(ConfigError, match="expected a number"):
+        registry.get("less").check_params({"lr": "2e-5x"})

@@ -20,6 +20,9 @@ from pathlib import Path
 INTERRUPTED = "interrupted; rerun the same command to resume (finished work is kept)"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 EXIT_USER = 2
+EXIT_LOST = 75  # EX_TEMPFAIL: nothing to fix, rerun to resume
+# gRPC states in which a portable runner (a job server, a worker pool) stops answering mid-run.
+_LOST_JOB_CODES = ("DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED")
 
 _BEAM_STEP = re.compile(r" \[while running '[^']*'\]")
 _ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]")
@@ -91,6 +94,10 @@ def user_error(exc: BaseException) -> tuple[str, int] | None:
         line = _os_line(e) or _cloud_line(e)
         if line:
             return _clean(line), EXIT_USER
+    for e in found:  # the runner lost its job or its workers (a worker killed, a job server gone)
+        line = _lost_job_line(e)
+        if line:
+            return _clean(line), EXIT_LOST
     for e in found:  # a worker process's failure arrives as the text of its traceback
         line = _remote_line(e)
         if line:
@@ -108,6 +115,19 @@ def _clean(line: str) -> str:
     """One line, without Beam's step annotation."""
     line = _BEAM_STEP.sub("", line)
     return " ".join(line.split())
+
+
+def _lost_job_line(e: BaseException) -> str | None:
+    """A gRPC failure between tamis and the runner: the job or a worker is gone. Finished shards
+    stay, so the rerun resumes; the line says which state and what to do."""
+    if not type(e).__module__.startswith("grpc"):
+        return None
+    code = getattr(e, "code", None)
+    name = getattr(code(), "name", "") if callable(code) else ""
+    if name not in _LOST_JOB_CODES:
+        return None
+    return (f"the runner stopped answering ({name}): a worker or the job server was lost; "
+            "rerun the same command to resume (finished shards are kept)")
 
 
 def _os_line(e: BaseException) -> str | None:

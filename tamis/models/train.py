@@ -146,13 +146,15 @@ class TrainedProxy:
                               adapter=str(ckpt.path), trainable=trainable, attn_implementation=attn_implementation)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, cached: bool = True) -> "TrainedProxy":
+    def open(cls, path: str | os.PathLike, cached: bool = True, base: str | None = None) -> "TrainedProxy":
         """A run from its cache folder (finished or not)."""
         path = Path(path)
         inputs = json.loads((path / INPUTS_FILE).read_text())
         manifest = read_manifest(path)
         checkpoints = finished_checkpoints(path)
-        return cls(path=path, key=path.name, base=inputs["base"], mode=inputs["config"]["mode"],
+        # ``base`` overrides the recorded one: a worker's own copy of the base model, where the
+        # recorded path lies on the machine that trained the proxy.
+        return cls(path=path, key=path.name, base=base or inputs["base"], mode=inputs["config"]["mode"],
                    checkpoints=checkpoints, cached=cached, complete=manifest is not None,
                    trust_remote_code=inputs.get("trust_remote_code", False),
                    history=(manifest or {}).get("history") or step_history(checkpoints))

@@ -19,10 +19,22 @@ from ..io.filesystems import publish, tree_digest
 from ..io.runfolder import RunFolder
 from ..models.loading import localize
 from ..selectors.base import Prepared
-from .options import local_paths
+from .options import check_prepared, local_paths, workers_elsewhere
 
 ARTIFACTS = "_work/artifacts"
 _MARK = f"/{ARTIFACTS}/"
+
+
+def prepare_for_workers(plan, folder: RunFolder) -> tuple[dict[str, Prepared | None], list[dict]]:
+    """Each selector's ``prepare``, then, for workers that share no disk with this machine, its
+    files published under the run folder; a record that would still hand them a local path is
+    refused with one line. Returns the records and what was published."""
+    prepared = plan.prepare()
+    artifacts: list[dict] = []
+    if workers_elsewhere(plan.config):
+        prepared, artifacts = publish_prepared(prepared, folder)
+    check_prepared(plan.config, prepared)
+    return prepared, artifacts
 
 
 def publish_prepared(prepared: dict[str, Prepared | None], folder: RunFolder) -> tuple[dict[str, Any], list[dict]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..io.runfolder import SCORING, RunFolder
 from ..schemas.config import SelectConfig
+from .artifacts import prepare_for_workers
 from .options import beam_argv, check_options, resolved_options
 from .plan import Plan, load_config
 from .run import score_pipeline
@@ -87,7 +88,8 @@ def submit_score_pass(config: SelectConfig):
         done = folder.prepare(plan.resume_key(), config.overwrite) & plan.chunks
         folder.save_targets(plan.targets)
         folder.set_state(SCORING, by="select", chunks=len(plan.chunks))
-        return score_pipeline(plan, done, plan.prepare()).run()
+        prepared, _ = prepare_for_workers(plan, folder)  # Dataflow workers read them from OUT/_work/artifacts
+        return score_pipeline(plan, done, prepared).run()
 
 
 # Flex Template parameters that are lists: comma-separated in one value.

@@ -16,13 +16,14 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from ..io.filesystems import file_digest
-from ..io.runfolder import RunFolder, content_digest
+from ..io.runfolder import WORK, RunFolder, content_digest
 from ..schemas.config import SelectConfig
 from ..schemas.output import output_schema
 from ..selectors import registry
 from ..selectors.base import PoolSample, RunContext, Selector
 from ..selectors.rules import Budget, Rule, TableRule, TopK
 from .chunks import InputFile, count_lines
+from .options import workers_elsewhere
 from .selection import Driver, Ranking
 from .sources import expand, read_records, read_targets
 
@@ -185,8 +186,11 @@ class Plan:
 
     def context(self) -> RunContext:
         c = self.config
+        folder = RunFolder(c.out)
+        shared = folder.join(WORK, "features") if workers_elsewhere(c) else None
         return RunContext(device=c.device, dtype=c.dtype, max_length=c.max_length, batch_tokens=c.batch_tokens,
-                          seed=c.seed, work_dir=RunFolder(c.out).work_dir, score_attempts=c.score_attempts)
+                          seed=c.seed, work_dir=folder.work_dir, score_attempts=c.score_attempts,
+                          shared_store=shared)
 
     def resume_key(self) -> dict:
         """The resume key and what it covers (kept in ``_work/plan.json`` to say what changed)."""

@@ -20,9 +20,9 @@ from ..schemas.config import SelectConfig
 from ..schemas.records import content_key
 from ..selectors.base import Prepared
 from ..selectors.rules import SELECTION_REPORT, Resolution
-from .artifacts import publish_prepared
+from .artifacts import prepare_for_workers
 from .chunks import ReadChunks, ValidateChunk
-from .options import check_options, check_prepared, pipeline_options, workers_elsewhere
+from .options import check_options, pipeline_options
 from .plan import Plan
 from .scoring import SelectorModelHandler, WriteShard, models_used
 from .selection import Ranking, selection_pipeline
@@ -218,11 +218,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
         timings["plan_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        prepared = plan.prepare()
-        artifacts: list[dict] = []
-        if workers_elsewhere(config):  # workers share no disk with this machine: publish under OUT
-            prepared, artifacts = publish_prepared(prepared, folder)
-        check_prepared(config, prepared)  # no worker is ever handed a path on this machine's disk
+        prepared, artifacts = prepare_for_workers(plan, folder)  # published under OUT for remote workers
         timings["prepare_s"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,9 @@ class RunContext:
     work_dir: str | None = None  # a local folder for caches (trained proxies, features)
     score_attempts: int = 3  # tries per scoring call before a row is rejected (local runners never retry)
     retry_backoff_s: float = 0.5  # first wait between tries; doubles each time
+    # Where stores every worker shares go by default (LESS's feature store): None keeps them in
+    # this machine's cache (local runners); OUT/_work/... when the workers share no disk with it.
+    shared_store: str | None = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,6 +87,8 @@ def _check_value(annotation: Any, value: Any, label: str) -> Any:
     except Exception:  # a type pydantic cannot check (a plugin's own class): left to the constructor
         return value
     tries = [value, tuple(value)] if isinstance(value, list) else [value]
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        tries.append(float(value))  # YAML 1.1 reads 1e-4 (no dot) as a string; it is still a number
     for candidate in tries:
         try:
             return adapter.validate_python(candidate)
@@ -92,6 +98,8 @@ def _check_value(annotation: Any, value: Any, label: str) -> Any:
     raise ConfigError(f"--param {label}: expected {describe_type(annotation)}, got {value!r}{hint}")
 
 
+# A number written in exponent form without a dot (2e-5), which YAML 1.1 leaves a string.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 _NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
 _PLURALS = {"a whole number": "whole numbers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
 

@@ -60,6 +60,7 @@ class LessPrepared(Prepared):
     lr: float
     proj_dim: int
     max_length: int  # tokens per example in the warm-up, and so in every worker's gradients
+    base: str | None = None  # the model the LoRA checkpoints apply to (a built proxy's folder, or `model`)
 
 
 class LessSelector(Selector):
@@ -170,8 +171,8 @@ class LessSelector(Selector):
         if not warm.complete:
             raise RuntimeError(f"less: warm-up at {warm.path} did not finish")
         self.prepared_ = LessPrepared(proxy=str(warm.path), key=warm.key, weights=warm.lr_weights(),
-                                      checkpoints=[c.index for c in warm.checkpoints], **self.settings(),
-                                      max_length=context.max_length)
+                                      checkpoints=[c.index for c in warm.checkpoints], base=warm.base,
+                                      **self.settings(), max_length=context.max_length)
         return self.prepared_
 
     # -- features and scores (per worker) -----------------------------------------------------------
@@ -186,7 +187,7 @@ class LessSelector(Selector):
         super().setup(context, prepared, targets)
         if prepared is None:
             raise ValueError("less: nothing prepared (run prepare() first: it trains the warm-up proxy)")
-        self.proxy_ = TrainedProxy.open(prepared.proxy)
+        self.proxy_ = TrainedProxy.open(prepared.proxy, base=prepared.base)
         self.model_, self.tokenizer_ = self.proxy_.load(0, device=self.context_.device, dtype=self.context_.dtype,
                                                         trainable=True)
         self.loaded_checkpoint_ = 0
@@ -197,7 +198,7 @@ class LessSelector(Selector):
         self.projector_ = RademacherProjector(grad_dim(self.model_), proj_dim, seed=self.proj_seed,
                                               device=self.context_.device, cache_bytes=self.block_bytes,
                                               tile_rows=max(1, min(DEFAULT_TILE_ROWS, self.block_bytes // (4 * proj_dim))))
-        self.store_ = FeatureStore(self.feature_store)
+        self.store_ = FeatureStore(self.feature_store or context.shared_store)
         # Per task: target features per checkpoint [m, d] and the row indices of each subtask.
         self.targets_ = {}
         for task in self.tasks_:
