@@ -39,9 +39,14 @@ loss depends on the tokenizer, so the threshold means the same only for a model 
 as the crowd did (the crowd's tokenizer is in every subject's folder); with another tokenizer
 theta lands on a shifted scale. ``benchmarks/curriculum_wordnet.py`` does all of this end to end.
 
-A learner trained from scratch answers every probe row wrong at first, so its first theta is
-far below the easiest row's b: DDS-MAE then trains on the ``min_items`` easiest rows and raises
-the threshold by 0.1 per epoch until the learner's theta improves. Such epochs are short, so
+The start (``start``): PUDF begins with ``prev_cap = -5`` and ``cur_cap = 0`` (``"pudf"``, the
+default). A first theta above -5 is progress and sets the threshold to theta; a first theta at
+or below -5 is not, so the first epoch trains at capacity 0.1, about half the rows when b is
+centred at 0. ``"easiest"`` has no floor: the first theta always counts, so a learner that
+answers every probe row wrong (theta far below the easiest b) starts on the ``min_items``
+easiest rows and the threshold then rises by 0.1 per epoch until theta improves. With a few
+hundred probe rows an all-wrong learner's theta is about -3 to -4, so the two starts agree;
+they differ for very large probe sets or extreme difficulties. Early epochs can be short, so
 compare DDS-MAE with other orders at equal optimizer steps, not at equal epochs.
 """
 from __future__ import annotations
@@ -60,6 +65,8 @@ from .models.stats import mean_token_loss
 
 THRESHOLD_STEP = 0.1  # PUDF: the threshold rises by this much after an epoch without progress
 MIN_ITEMS = 100  # PUDF's --min-train-length
+PUDF_START = (-5.0, 0.0)  # PUDF's initial (prev_cap, cur_cap)
+STARTS = ("pudf", "easiest")
 
 
 def epoch_items(b, theta: float, min_items: int = MIN_ITEMS, lower: float = -math.inf,
@@ -91,15 +98,21 @@ class DDSMAE:
     """
 
     def __init__(self, difficulty, min_items: int = MIN_ITEMS, step: float = THRESHOLD_STEP,
-                 prior_sd: float = 1.0, lower: float = -math.inf, upper: float = 0.0):
+                 prior_sd: float = 1.0, lower: float = -math.inf, upper: float = 0.0, start: str = "pudf"):
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
         self.difficulty = np.asarray(difficulty, dtype=np.float64)
         self.min_items = min_items
         self.step = step
         self.prior_sd = prior_sd
         self.lower = lower
         self.upper = upper
+        self.start = start
         self.theta_: float | None = None
-        self.best_theta_ = -math.inf
+        # "pudf": PUDF's prev_cap = -5 and cur_cap = 0, so a first estimate at or below -5 counts as
+        # no progress and trains at capacity 0.1. "easiest": no floor, the first estimate always
+        # improves and the threshold is theta itself (the min_items easiest rows for a weak learner).
+        self.best_theta_ = PUDF_START[0] if start == "pudf" else -math.inf
         self.threshold_: float | None = None
         self.history_: list[dict] = []
 
@@ -115,12 +128,13 @@ class DDSMAE:
         the threshold to theta; otherwise the threshold rises by ``step`` (PUDF's rule)."""
         if not math.isfinite(theta):
             raise ValueError(f"theta must be finite, got {theta}")
-        improved = theta > self.best_theta_  # always true at the first epoch (best is -inf)
+        improved = theta > self.best_theta_
         if improved:
             self.best_theta_ = float(theta)
             self.threshold_ = float(theta)
-        else:
-            self.threshold_ = float(self.threshold_ + self.step)
+        else:  # the first epoch starts from PUDF's cur_cap (only "pudf" can fail to improve there)
+            current = self.threshold_ if self.threshold_ is not None else PUDF_START[1]
+            self.threshold_ = float(current + self.step)
         self.theta_ = float(theta)
         items = self.items()
         self.history_.append({"epoch": len(self.history_), "theta": float(theta), "improved": bool(improved),
@@ -230,4 +244,4 @@ def hf_callback(sampler: CurriculumSampler, probe: Callable):
     return DDSMAECallback()
 
 
-__all__ = ["DDSMAE", "MIN_ITEMS", "THRESHOLD_STEP", "CurriculumSampler", "epoch_items", "hf_callback"]
+__all__ = ["DDSMAE", "MIN_ITEMS", "PUDF_START", "STARTS", "THRESHOLD_STEP", "CurriculumSampler", "epoch_items", "hf_callback"]

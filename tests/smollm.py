@@ -22,7 +22,11 @@ import tempfile
 from pathlib import Path
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Part of the folder name: a change to the conversion makes a new folder, never reuses an old one.
+# v2: the tied embedding is saved as model.embed_tokens.weight (v1 kept only lm_head.weight, so
+# AutoModel, which has no head, loaded random embeddings).
 CACHE_VAR = "TAMIS_TEST_CACHE"
+FORMAT = "v2"
 
 
 def missing() -> str | None:
@@ -62,7 +66,7 @@ def smollm2_folder(root: str | os.PathLike | None = None) -> Path:
         raise RuntimeError(reason)
     source = gguf_file()
     root = Path(root) if root is not None else cache_root()
-    dest = root / f"smollm2-{sha256_of(source)[:16]}"
+    dest = root / f"smollm2-{sha256_of(source)[:16]}-{FORMAT}"
     if (dest / "config.json").is_file():
         return dest
     root.mkdir(parents=True, exist_ok=True)
@@ -86,16 +90,23 @@ def smollm2_folder(root: str | os.PathLike | None = None) -> Path:
 
 def _convert(source: Path, out: Path) -> None:
     """GGUF -> fp32 safetensors + config + tokenizer. ``save_pretrained`` refuses a model loaded
-    from GGUF (it carries a quantization config), so the weights go through safetensors directly."""
+    from GGUF (it carries a quantization config), so the weights go through safetensors directly,
+    laid out as ``save_pretrained`` lays them out: a tied output head is left out and the input
+    embedding kept, so both ``AutoModelForCausalLM`` (which ties the head back) and ``AutoModel``
+    (no head: RDS+'s hidden states) load every weight."""
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, torch_dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -40,3 +40,27 @@ def test_long_text_is_truncated_not_rejected():
     emb = HiddenStateEmbedder("minilm", max_length=32)
     v = emb.embed(["word " * 200_000])  # about 1 MB
     assert v.shape == (1, 384) and np.isfinite(v).all()
+
+
+@pytest.mark.parametrize("fixture, expected", [("tiny_encoder", "mean"), ("tiny_causal", "weighted_mean")])
+def test_auto_pooling_follows_the_model(fixture, expected, request):
+    """A causal LM gets RDS+'s position-weighted mean, an encoder its own plain mean; the config
+    alone gives the same answer as the loaded model (the manifest reads it without loading)."""
+    from tamis.models.embedder import resolve_pooling
+
+    path = request.getfixturevalue(fixture)
+    emb = HiddenStateEmbedder(path, batch_tokens=4096)
+    assert emb.pooling == expected
+    assert resolve_pooling(path, "auto") == expected
+    explicit = HiddenStateEmbedder(path, pooling=expected, batch_tokens=4096)
+    np.testing.assert_array_equal(emb.embed(TEXTS), explicit.embed(TEXTS))
+
+
+def test_minilm_default_is_mean_pooled():
+    assert HiddenStateEmbedder("minilm").pooling == "mean"
+
+
+def test_smollm2_is_pooled_as_a_causal_lm(smollm2):
+    from tamis.models.embedder import resolve_pooling
+
+    assert resolve_pooling(smollm2, "auto") == "weighted_mean"

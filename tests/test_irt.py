@@ -369,3 +369,19 @@ def test_select_from_a_responses_file(tmp_path):
     np.testing.assert_array_equal(again, matrix)
     with pytest.raises(ValueError, match="subject, item, correct"):
         read_responses(b'{"subject": "m", "item": "x"}\n', "bad.jsonl")
+
+
+def test_ddsmae_starts_from_pudf_caps_or_from_the_easiest_rows():
+    """PUDF's prev_cap=-5, cur_cap=0: a first theta at or below -5 is no progress, so the first
+    epoch trains at capacity 0.1; "easiest" takes any first theta as the threshold."""
+    b = np.linspace(-3, 3, 1001)
+    pudf = DDSMAE(b)
+    assert pudf.update(-6.0) == pytest.approx(0.1)
+    assert len(pudf.items()) == np.sum(b <= 0.1)  # about half the rows
+    assert pudf.update(-5.5) == pytest.approx(0.2)
+    easiest = DDSMAE(b, start="easiest")
+    assert easiest.update(-6.0) == pytest.approx(-6.0)
+    assert len(easiest.items()) == 100  # the min_items easiest
+    assert DDSMAE(b).update(-4.0) == DDSMAE(b, start="easiest").update(-4.0) == pytest.approx(-4.0)
+    with pytest.raises(ValueError, match="start"):
+        DDSMAE(b, start="zero")

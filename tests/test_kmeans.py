@@ -93,6 +93,10 @@ def test_default_k_rule():
     assert default_k(20_000, 10_000) == 100
     assert default_k(5_800_000, 10_000) == 500  # 20 sample rows per centroid
     assert default_k(10, 10) == 2
+    # The paper's K: 1024 once the sample holds 20 rows per centroid (the default sample does).
+    assert default_k(5_800_000, 20_480) == 1024
+    assert default_k(20_000, 20_000, "paper") == 1000
+    assert default_k(200_000, 20_480, "paper") == 1024 and default_k(200_000, 20_480) == 316
 
 
 # -- end to end ------------------------------------------------------------------------------

@@ -4,6 +4,12 @@
 gets weight i / (1 + ... + L). Positions and weights are counted over non-padding tokens only,
 so a row's embedding does not depend on what it was batched with (the reference code ignores
 the mask and breaks at batch > 1). ``mean`` is the plain masked mean.
+
+``auto`` picks by the model: the weighted mean for a causal LM (under causal attention only the
+last tokens have seen the whole text, which is why SGPT weights them up) and the plain mean for
+a bidirectional encoder (every token has seen everything; it is how sentence encoders such as
+MiniLM are trained to be pooled, and a position weighting would mostly weight up ``[SEP]``).
+The choice made is :attr:`HiddenStateEmbedder.pooling` and goes into the run manifest.
 """
 from __future__ import annotations
 
@@ -17,6 +23,23 @@ from .loading import fingerprint, load_backbone, load_tokenizer, localize, resol
 from .text import clip_chars
 
 POOLINGS = ("weighted_mean", "mean")
+POOLING_CHOICES = ("auto", *POOLINGS)
+
+
+def is_causal_lm(config) -> bool:
+    """True for a decoder-only LM: its family has a causal-LM head and no masked-LM head (BERT and
+    RoBERTa have both, and are encoders), or the config says it is a decoder."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    kind = getattr(config, "model_type", None)
+    return bool(getattr(config, "is_decoder", False)) or (
+        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def auto_pooling(config) -> str:
+    """The pooling that fits the model: RDS+'s weighted mean for a causal LM, the mean for an encoder."""
+    return "weighted_mean" if is_causal_lm(config) else "mean"
 
 
 def pool_hidden(hidden, mask, pooling: str):
@@ -38,15 +61,17 @@ def pool_hidden(hidden, mask, pooling: str):
 class HiddenStateEmbedder:
     """Embed texts with any HF encoder or causal LM (by id or local folder)."""
 
-    def __init__(self, model: str, pooling: str = "weighted_mean", max_length: int = 512,
+    def __init__(self, model: str, pooling: str = "auto", max_length: int = 512,
                  batch_tokens: int = 16_384, device: str = "cpu", dtype: str = "float32",
                  trust_remote_code: bool = False):
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        self.pooling, self.max_length, self.batch_tokens = pooling, max_length, batch_tokens
+        if pooling not in POOLING_CHOICES:
+            raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}")
+        self.max_length, self.batch_tokens = max_length, batch_tokens
         self.path = model  # what was loaded (a local folder, a hub id or an alias)
         self.tokenizer = load_tokenizer(model, trust_remote_code)
         self.model = load_backbone(model, device, dtype, trust_remote_code)
+        self.causal = is_causal_lm(self.model.config)
+        self.pooling = auto_pooling(self.model.config) if pooling == "auto" else pooling  # what is applied
         self.max_length = positions(self.model, max_length)
         self.device = device
         self.dim = int(self.model.config.hidden_size)
@@ -79,6 +104,19 @@ def open_embedder(model: str, *, pooling: str, max_length: int, batch_tokens: in
     copied to this machine (:func:`~tamis.models.loading.localize`, once per machine)."""
     return HiddenStateEmbedder(localize(model), pooling=pooling, max_length=max_length, batch_tokens=batch_tokens,
                                device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def resolve_pooling(model: str, pooling: str, trust_remote_code: bool = False) -> str:
+    """The pooling ``auto`` stands for with ``model``, from its config alone (no weights loaded);
+    ``auto`` itself when the config cannot be read here (a remote model not yet copied)."""
+    if pooling != "auto":
+        return pooling
+    from transformers import AutoConfig
+
+    try:
+        return auto_pooling(AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=trust_remote_code))
+    except (OSError, ValueError):
+        return "auto"
 
 
 def model_record(model: str, loaded: str | None = None, **extra) -> dict:

@@ -331,12 +331,16 @@ def _progress(enabled: bool, description: str):
 
 def _step_loss(model, examples: Sequence[Encoded], rows: Sequence[int], config: TrainConfig, pad_id: int, device):
     """Forward and backward over one optimizer step's rows, in micro-batches. The loss is the mean
-    over all scored tokens of the step, however the rows are split. Returns that loss (float)."""
+    over all scored tokens of the step (``loss_weighting="token"``) or the mean over the step's
+    examples of each one's token mean (``"example"``; examples with no scored token left out),
+    however the rows are split. Returns that loss (float)."""
     import torch
 
     total = sum(examples[i].n_scored for i in rows)
     if total == 0:
         return float("nan")
+    per_example = config.loss_weighting == "example"
+    counted = sum(1 for i in rows if examples[i].n_scored > 0)
     autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.dtype)
     loss_sum = 0.0
     for micro in token_batches([len(examples[i]) for i in rows], config.micro_batch_tokens):
@@ -345,8 +349,12 @@ def _step_loss(model, examples: Sequence[Encoded], rows: Sequence[int], config: 
         with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                             enabled=autocast_dtype is not None):
             logits = model(input_ids=ids, attention_mask=mask).logits
-        nll, _ = token_nll(logits, labels)
-        loss = nll.sum() / total
+        nll, scored = token_nll(logits, labels)
+        if per_example:  # each row's token mean, then an equal share of the step
+            rows_nll = nll.sum(dim=1) / scored.sum(dim=1).clamp_min(1)
+            loss = rows_nll.sum() / counted
+        else:
+            loss = nll.sum() / total
         loss.backward()
         loss_sum += float(loss.detach())
     return loss_sum

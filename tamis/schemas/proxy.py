@@ -35,6 +35,10 @@ class TrainConfig(BaseModel):
     adam_beta2: float = Field(default=0.999, ge=0, lt=1)
     adam_eps: float = Field(default=1e-8, gt=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient clipping; None turns it off")
+    loss_weighting: Literal["token", "example"] = Field(
+        default="token", description="a step's loss: the mean over all its scored tokens ('token'), or the mean of "
+                                     "each example's own token mean, every example weighing the same ('example': "
+                                     "LESS's warm-up, Hugging Face's batch 1 x gradient accumulation)")
     lora_r: int = Field(default=128, ge=1)
     lora_alpha: float = Field(default=512, gt=0)
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)

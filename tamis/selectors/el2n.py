@@ -15,6 +15,15 @@ Two kinds of records:
   EL2N is the mean over scored tokens of ||p_t - onehot(y_t)||_2; GraNd is the norm of the gradient
   of the mean token loss over every parameter.
 
+What a score means depends on ``sample_size``. data_diet scores the examples the runs train on,
+early in training. With ``sample_size=None`` every run trains on the whole pool, so every score is
+that: the error on a row the proxy has seen, after ``proxy_epochs`` (one) pass. With the default
+5,000-row slice, a pool row outside the slice gets an *out-of-sample* error (how hard the row is to
+predict for models trained on similar data, a generalization difficulty); label noise and
+memorized rows stand out less there than on training rows. The default keeps the slice because
+every run trains on its rows: training ``runs`` proxies on a pool of millions is the whole cost
+of a fine-tune, ten times. ``runs`` is 10, data_diet's recommendation ("at least 10").
+
 Selection keeps the highest scores, but first leaves out the hardest ``skip_hardest`` fraction
 (the paper's offset window): at the very top sit mislabeled and unlearnable examples. The budget
 is still a fraction of all eligible rows (``tamis.selectors.rules.Budget``). 0.1 is the default because pools of web or
@@ -58,15 +67,16 @@ class _DifficultySelector(Selector):
     kind = ""
     prepared_type = DifficultyPrepared
 
-    def __init__(self, skip_hardest: float = 0.1, runs: int = 4, sample_size: int = 5000, data_kind: str = "auto",
+    def __init__(self, skip_hardest: float = 0.1, runs: int = 10, sample_size: int | None = 5000, data_kind: str = "auto",
                  model: str | None = None, mode: str = "full", proxy_epochs: int = 1, lr: float = 1e-3,
                  batch_size: int = 32, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
                  vocab_size: int = 2048, positions: int = 256, embedder: str = "minilm", pooling: str = "mean",
                  head_hidden: int = 128, head_epochs: int = 10, head_lr: float = 1e-3, head_batch_size: int = 64,
                  trust_remote_code: bool = False):
         self.skip_hardest = skip_hardest  # fraction of the highest-scored rows left out before the top-k
-        self.runs = runs  # independent proxies (or heads) averaged over
-        self.sample_size = sample_size  # pool rows they train on
+        self.runs = runs  # independent proxies (or heads) averaged over (data_diet: at least 10)
+        # pool rows they train on; None: every pool row, so every scored row is a training row (data_diet's definition)
+        self.sample_size = sample_size
         self.data_kind = data_kind  # "auto": classification when every sampled record has a label
         self.model = model  # LM path: HF id or folder to train briefly; None builds small GPT-2s
         self.mode = mode  # "full" or "lora" training of a given model
@@ -87,6 +97,8 @@ class _DifficultySelector(Selector):
         self.trust_remote_code = trust_remote_code
         if not 0 <= skip_hardest < 1:
             raise ValueError(f"skip_hardest must be in [0, 1), got {skip_hardest!r}")
+        if sample_size is not None and sample_size < 1:
+            raise ValueError(f"sample_size must be at least 1 (or None for the whole pool), got {sample_size!r}")
         if runs < 1:
             raise ValueError(f"runs must be at least 1, got {runs!r}")
         if data_kind not in DATA_KINDS:
@@ -116,15 +128,15 @@ class _DifficultySelector(Selector):
             self.prepared_ = self.prepare_lm(sample, context)
         return self.prepared_
 
-    def proxy_spec(self) -> ProxySpec:
+    def proxy_spec(self, n_sample: int | None = None) -> ProxySpec:
         """Each run's proxy: a small GPT-2 built from the pool sample, or the given model trained briefly."""
         return ProxySpec(model=self.model, mode=self.mode, epochs=self.proxy_epochs, batch_size=self.batch_size,
                          lr=self.lr, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                         vocab_size=self.vocab_size, positions=self.positions, sample_size=self.sample_size,
-                         trust_remote_code=self.trust_remote_code)
+                         vocab_size=self.vocab_size, positions=self.positions,
+                         sample_size=n_sample or self.sample_size or 1, trust_remote_code=self.trust_remote_code)
 
     def prepare_lm(self, sample: list[dict], context: RunContext) -> DifficultyPrepared:
-        spec = self.proxy_spec()
+        spec = self.proxy_spec(len(sample))
         proxies = [proxy_ref(obtain_proxy(spec, sample, seed=context.seed + run, max_length=context.max_length,
                                           device=context.device, progress=sys.stderr.isatty()))
                    for run in range(self.runs)]

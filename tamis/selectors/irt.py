@@ -10,7 +10,10 @@ answers into a difficulty b per example, on the logit scale of the subjects' abi
   subject (2 widths x 8 = 16 by default), so the crowd spans weak to strong models. A subject
   answers a record right when its mean token loss on the scored tokens is under a threshold:
   ``loss_threshold``, or by default the median loss over the whole calibration matrix, so about
-  half of all answers are right and the items spread.
+  half of all answers are right and the items spread. With ``model`` (a pretrained LM, HF id or
+  folder) the crowd is that model itself plus the ``crowd_checkpoints`` checkpoints of one short
+  LoRA fine-tune of it on the pool slice (PUDF's crowd, likewise, is pretrained models fine-tuned
+  for varied lengths); every subject then shares the model's tokenizer.
 * **A crowd of classifiers** (classification records: every sampled record has a ``label`` in
   its extra fields, as for ``el2n``): heads on frozen sentence embeddings, one per
   (size in ``head_sizes``, training length in ``head_epochs``), 4 x 4 = 16 by default. A head
@@ -60,11 +63,14 @@ from ..models.lm import encode_for_model, load_causal_lm
 from ..models.proxies import ProxySpec, obtain_proxy
 from ..models.records import DATA_KINDS, data_kind, record_label, render
 from ..models.stats import mean_token_loss
+from ..schemas.proxy import TrainConfig
 from .base import Prepared, RunContext, Selector
 from .rules import SkipWindow, TopK
 
 # The calibration sample is drawn with its own hash seed, unlike the crowd's training slice.
 CALIBRATION_SEED = 1
+IRT_PRIORS = ("normal", "vague")
+VAGUE_SD = 1000.0  # py-irt 0.7's vague 1PL prior on b: N(0, 1e3^2)
 
 
 @dataclass(frozen=True)
@@ -102,17 +108,21 @@ class IRTSelector(Selector):
     default_budget = 0.5
 
     def __init__(self, responses: str | None = None, irt_model: str = "1pl", n_stages: int = 4,
-                 prior_sd: float = 1.0, data_kind: str = "auto", calibration_size: int = 2000,
+                 prior_sd: float = 1.0, irt_prior: str = "normal", data_kind: str = "auto", calibration_size: int = 2000,
                  sample_size: int = 5000, crowd_widths: tuple[int, ...] = (32, 64), crowd_checkpoints: int = 8,
                  proxy_epochs: int = 2, lr: float = 1e-3, batch_size: int = 32, n_layer: int = 2, n_head: int = 2,
                  vocab_size: int = 2048, positions: int = 256, loss_threshold: float | None = None,
                  embedder: str = "minilm", pooling: str = "mean", head_sizes: tuple[int, ...] = (0, 32, 128, 512),
                  head_epochs: tuple[int, ...] = (1, 2, 4, 8), head_lr: float = 1e-3, head_batch_size: int = 64,
-                 skip_hardest: float = 0.0, trust_remote_code: bool = False):
+                 skip_hardest: float = 0.0, model: str | None = None, crowd_lr: float = 1e-4,
+                 crowd_lora_r: int = 8, trust_remote_code: bool = False):
         self.responses = responses  # Parquet/JSONL of (subject, item, correct); None: build a crowd
         self.irt_model = irt_model  # "1pl" (Rasch, as PUDF) or "2pl"
         self.n_stages = n_stages  # curriculum stages: quantile bins of difficulty
         self.prior_sd = prior_sd  # sd of the N(0, sd^2) priors on b and log a (theta's is N(0, 1))
+        # "normal": b ~ N(0, prior_sd^2); "vague": py-irt's 1PL vague prior, b ~ N(0, 1000^2), under
+        # which b follows the answers almost alone (a wider spread of b for a small crowd)
+        self.irt_prior = irt_prior
         self.data_kind = data_kind  # "auto": classifiers when every sampled record has a label, else LMs
         self.calibration_size = calibration_size  # pool rows the abilities are fitted on
         self.sample_size = sample_size  # pool rows the crowd trains on
@@ -133,11 +143,21 @@ class IRTSelector(Selector):
         self.head_lr = head_lr
         self.head_batch_size = head_batch_size
         self.skip_hardest = skip_hardest  # fraction of the hardest rows left out before the top-k
+        # LM crowd from a pretrained model (HF id or folder): the model itself plus the checkpoints of
+        # one short LoRA fine-tune on the pool sample (rank crowd_lora_r, lr crowd_lr, proxy_epochs
+        # passes, crowd_checkpoints checkpoints); None builds the from-scratch crowd of crowd_widths
+        self.model = model
+        self.crowd_lr = crowd_lr
+        self.crowd_lora_r = crowd_lora_r
         self.trust_remote_code = trust_remote_code
         if str(irt_model).lower() not in MODELS:
             raise ValueError(f"irt_model must be one of {MODELS}, got {irt_model!r}")
         if data_kind not in DATA_KINDS:
             raise ValueError(f"data_kind must be one of {DATA_KINDS}, got {data_kind!r}")
+        if irt_prior not in IRT_PRIORS:
+            raise ValueError(f"irt_prior must be one of {', '.join(IRT_PRIORS)}, got {irt_prior!r}")
+        if irt_prior == "vague" and str(irt_model).lower() != "1pl":
+            raise ValueError("irt_prior='vague' is py-irt's 1PL prior; with irt_model='2pl' set prior_sd instead")
         if n_stages < 1:
             raise ValueError(f"n_stages must be at least 1, got {n_stages}")
         if not 0 <= skip_hardest < 1:
@@ -153,6 +173,10 @@ class IRTSelector(Selector):
         return {"calibration_size": 60, "sample_size": 120, "crowd_widths": (16,), "crowd_checkpoints": 4,
                 "proxy_epochs": 1, "lr": 5e-3, "batch_size": 16, "n_layer": 1, "vocab_size": 300, "positions": 64,
                 "head_sizes": (0, 8), "head_epochs": (1, 3)}
+
+    def b_prior_sd(self) -> float:
+        """The sd of the prior on b that the fits use."""
+        return VAGUE_SD if self.irt_prior == "vague" else float(self.prior_sd)
 
     # -- declared output ----------------------------------------------------------------------
     def columns(self, tasks: list[str]) -> list[pa.Field]:
@@ -187,7 +211,7 @@ class IRTSelector(Selector):
             responses = loss_answers(losses, threshold)
         else:
             responses = crowd.answers(calibration)
-        fit = fit_irt(responses, model=self.irt_model, prior_sd=self.prior_sd, device="cpu")
+        fit = fit_irt(responses, model=self.irt_model, prior_sd=self.b_prior_sd(), device="cpu")
         self.prepared_ = IRTPrepared(
             source="crowd", data_kind=kind, irt_model=self.irt_model, **crowd_info,
             theta=fit.theta.tolist(), se_theta=fit.se_theta.tolist(), loss_threshold=threshold,
@@ -201,7 +225,9 @@ class IRTSelector(Selector):
 
     def _train_lms(self, sample: list[dict], context: RunContext) -> dict:
         """One from-scratch training run per width, with ``crowd_checkpoints`` checkpoints each; a
-        checkpoint is one subject."""
+        checkpoint is one subject. With ``model``: the pretrained model, then its LoRA checkpoints."""
+        if self.model is not None:
+            return self._tune_pretrained(sample, context)
         subjects, runs = [], []
         for width in self.crowd_widths:
             spec = ProxySpec(epochs=self.proxy_epochs, batch_size=self.batch_size, lr=self.lr, n_layer=self.n_layer,
@@ -213,6 +239,24 @@ class IRTSelector(Selector):
             subjects += [{"path": str(c.path), "width": int(width), "step": c.step} for c in run.checkpoints]
             runs.append({"width": int(width), "path": str(run.path), "key": run.key, "checkpoints": len(run.checkpoints)})
         return {"subjects": subjects, "runs": runs}
+
+    def _tune_pretrained(self, sample: list[dict], context: RunContext) -> dict:
+        """The pretrained crowd: ``model`` as it is (step 0), then each checkpoint of one short LoRA
+        fine-tune on the crowd's sample. PUDF's crowd is likewise one pretrained model tuned for
+        varied lengths (1/3/5 epochs); here the lengths are the checkpoints of a single run."""
+        from ..models.train import train_proxy
+
+        config = TrainConfig(mode="lora", fraction=1.0, seed=context.seed, epochs=self.proxy_epochs,
+                             batch_size=self.batch_size, lr=self.crowd_lr, lora_r=self.crowd_lora_r,
+                             lora_alpha=2.0 * self.crowd_lora_r, max_length=context.max_length, dtype=context.dtype,
+                             checkpoints_per_epoch=self.crowd_checkpoints // self.proxy_epochs)
+        run = train_proxy(self.model, sample, config, device=context.device, progress=sys.stderr.isatty(),
+                          trust_remote_code=self.trust_remote_code)
+        subjects = [{"base": run.base, "adapter": None, "step": 0}]
+        subjects += [{"base": run.base, "adapter": str(c.path), "step": c.step} for c in run.checkpoints]
+        return {"subjects": subjects, "runs": [{"model": self.model, "path": str(run.path), "key": run.key,
+                                                "checkpoints": len(run.checkpoints), "lora_r": self.crowd_lora_r,
+                                                "lr": self.crowd_lr}]}
 
     def _train_heads(self, sample: list[dict], context: RunContext) -> dict:
         """One head per (size, training length) on frozen embeddings of the labelled sample."""
@@ -234,14 +278,16 @@ class IRTSelector(Selector):
     def _crowd(self, kind: str, info: dict, context: RunContext):
         if kind == "classification":
             return _HeadCrowd(info["heads"], self._embedder(context))
+        if info["subjects"] and "adapter" in info["subjects"][0]:
+            return _AdapterCrowd(info["subjects"], context, self.trust_remote_code)
         return _LMCrowd([s["path"] for s in info["subjects"]], context)
 
     def _prepare_from_file(self) -> IRTPrepared:
         raw = filesystems.read_bytes(self.responses, decompress=True)
         digest = hashlib.sha256(raw).hexdigest()
         matrix, subjects, items = response_matrix(read_responses(raw, self.responses))
-        fit = fit_irt(matrix, model=self.irt_model, prior_sd=self.prior_sd, device="cpu")
-        key = content_hash({"responses_sha256": digest, "irt_model": self.irt_model, "prior_sd": self.prior_sd})
+        fit = fit_irt(matrix, model=self.irt_model, prior_sd=self.b_prior_sd(), device="cpu")
+        key = content_hash({"responses_sha256": digest, "irt_model": self.irt_model, "prior_sd": self.b_prior_sd()})
         folder = cache_root().parent / "irt"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"items-{key[:16]}.parquet"
@@ -281,7 +327,7 @@ class IRTSelector(Selector):
             b = np.array([f[0] if f else np.nan for f in found], dtype=np.float64)
             a = np.array([f[1] if f else np.nan for f in found], dtype=np.float64)
         elif records:
-            fit = fit_items(self.answers(records), self.theta_, model=self.irt_model, prior_sd=self.prior_sd)
+            fit = fit_items(self.answers(records), self.theta_, model=self.irt_model, prior_sd=self.b_prior_sd())
             b, a = fit.b, fit.a
         else:
             b = a = np.zeros(0)
@@ -298,6 +344,8 @@ class IRTSelector(Selector):
             loaded = crowd.embedder.path if isinstance(crowd, _HeadCrowd) else None
             return {"irt.embedder": model_record(self.embedder, loaded, pooling=self.pooling),
                     "irt.heads": {"path": prepared.heads, "key": prepared.key}}
+        if self.model is not None:  # the pretrained crowd: one LoRA run
+            return {"irt.crowd": dict(run) for run in prepared.runs}
         return {f"irt.crowd.w{run['width']}": run for run in prepared.runs}
 
 
@@ -355,6 +403,39 @@ class _LMCrowd:
             examples = encode_for_model(models[0], tokenizer, records, self.context.max_length)
             for row, model in zip(rows, models):
                 out[row] = mean_token_loss(model, examples, batch_tokens=self.context.batch_tokens)
+        return out
+
+
+class _AdapterCrowd:
+    """A pretrained crowd: one base model, its LoRA checkpoints swapped in one after another
+    (subjects with ``adapter`` None are the base model, adapters off). One copy of the base in memory."""
+
+    def __init__(self, subjects: list[dict], context: RunContext, trust_remote_code: bool = False):
+        from safetensors.torch import load_file
+
+        self.context = context
+        adapters = [s["adapter"] for s in subjects]
+        first = next((a for a in adapters if a), None)
+        self.model, self.tokenizer = load_causal_lm(subjects[0]["base"], device=context.device, dtype=context.dtype,
+                                                    trust_remote_code=trust_remote_code, adapter=first)
+        self.states = [load_file(str(Path(a) / "adapter_model.safetensors")) if a else None for a in adapters]
+        self.n_subjects = len(subjects)
+
+    def losses(self, records: list[dict]) -> np.ndarray:
+        """Mean token loss over each record's scored tokens, [subjects, records] (NaN: none scored)."""
+        import contextlib
+
+        from peft import set_peft_model_state_dict
+
+        out = np.full((self.n_subjects, len(records)), np.nan)
+        examples = encode_for_model(self.model, self.tokenizer, records, self.context.max_length)
+        for row, state in enumerate(self.states):
+            if state is not None:
+                set_peft_model_state_dict(self.model, state)
+            off = self.model.disable_adapter() if state is None and hasattr(self.model, "disable_adapter") \
+                else contextlib.nullcontext()
+            with off:
+                out[row] = mean_token_loss(self.model, examples, batch_tokens=self.context.batch_tokens)
         return out
 
 

@@ -5,9 +5,14 @@ sampling (kMQ), with optional iterative refinement.
   by default, any model). ``prepare`` fits faiss k-means on a pool sample and saves the centroids
   under the run's work folder; every worker then assigns each record to its nearest centroid
   while scoring (columns ``cluster``, ``cluster_distance``).
-* **k.** When ``k`` is not given: ``k = round(sqrt(N / 2))`` for a pool of N rows (the usual
-  rule of thumb), capped so every centroid has at least 20 sample rows, and at 1024 (the
-  paper's kMQ setting); at least 2.
+* **k.** When ``k`` is not given, ``k_rule`` decides. ``"sqrt"`` (the default):
+  ``k = round(sqrt(N / 2))`` for a pool of N rows (the usual rule of thumb), so a small pool is
+  not cut into clusters of a row or two. ``"paper"``: the paper's kMQ setting, 1024. Both are
+  capped so every centroid has at least 20 sample rows (the default ``sample_size`` of 20,480
+  leaves room for 1024) and at 1024; at least 2. Under ``"sqrt"`` k reaches 1024 from about
+  2.1 M pool rows.
+* **Text.** ``text="user"`` (the default, as the reference's ``tulu_user_only``) embeds the
+  user turns only; ``text="all"`` embeds every turn as RDS+ renders a record.
 * **kMQ.** The budget is split into equal cluster quotas. A cluster with fewer rows than its
   quota gives what it lacks to the others, so the selection always fills the budget (the
   reference code leaves it short). Within a cluster, rows are drawn without replacement with
@@ -45,7 +50,7 @@ import pyarrow as pa
 
 from ..io import filesystems
 from ..models.cache import content_hash, slice_digest
-from ..models.embedder import model_record, open_embedder
+from ..models.embedder import POOLING_CHOICES, model_record, open_embedder, resolve_pooling
 from ..models.lm import encode_for_model
 from ..models.loading import DEFAULT_EMBEDDER, fingerprint
 from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, open_proxy, proxy_ref
@@ -67,9 +72,16 @@ class KMeansPrepared(Prepared):
     proxy: dict | None = None  # the refinement's reference proxy (proxy_ref), rounds > 1
 
 
-def default_k(n_pool: int, n_sample: int) -> int:
-    """sqrt(N/2) clusters, at least 20 sample rows per centroid, at most 1024, at least 2."""
-    k = min(round(math.sqrt(n_pool / 2)), n_sample // 20, 1024)
+# -- pure pieces (unit-tested) -----------------------------------------------------------------
+K_RULES = ("sqrt", "paper")
+PAPER_K = 1024  # kMQ's K (the reference's KMenasRandomDeita.yaml)
+
+
+def default_k(n_pool: int, n_sample: int, rule: str = "sqrt") -> int:
+    """sqrt(N/2) clusters (``rule="paper"``: 1024), at least 20 sample rows per centroid, at most
+    1024, at least 2."""
+    wanted = PAPER_K if rule == "paper" else round(math.sqrt(n_pool / 2))
+    k = min(wanted, n_sample // 20, PAPER_K)
     return int(max(2, min(k, n_sample)))
 
 
@@ -80,17 +92,18 @@ class KMeansSelector(Selector):
     name = "kmeans"
     prepared_type = KMeansPrepared
 
-    def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "mean", text: str = "all",
-                 k: int | None = None, sample_size: int = 10_000, niter: int = 50, nredo: int = 1,
+    def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "auto", text: str = "user",
+                 k: int | None = None, k_rule: str = "sqrt", sample_size: int = 20_480, niter: int = 50, nredo: int = 1,
                  quality: str = "uniform", temperature: float = 1.0, standardize: bool = True,
                  rounds: int = 1, gap_temperature: float = 0.1,
                  proxy_model: str | None = None, proxy_mode: str = "full", proxy: dict | None = None,
                  train_epochs: int = 2, train_lr: float = 1e-3, train_batch_size: int = 16,
                  trust_remote_code: bool = False):
         self.model = model  # the embedder: HF id, local folder, or "minilm" (as RDS+)
-        self.pooling = pooling  # "mean" (MiniLM's own pooling) or "weighted_mean" (RDS+'s)
+        self.pooling = pooling  # "auto": the encoder's mean (MiniLM) or a causal LM's weighted mean (RDS+'s)
         self.text = text  # what is embedded: "all" turns (RDS+'s rendering) or "user" turns (the reference)
-        self.k = k  # clusters; None: the rule in the module docstring
+        self.k = k  # clusters; None: by k_rule
+        self.k_rule = k_rule  # "sqrt": round(sqrt(N/2)); "paper": 1024 (both capped, see the module docstring)
         self.sample_size = sample_size  # pool rows the centroids are fitted on
         self.niter = niter  # k-means iterations (the reference: 300)
         self.nredo = nredo  # k-means restarts, the best kept (the reference: 5)
@@ -106,10 +119,12 @@ class KMeansSelector(Selector):
         self.train_lr = train_lr
         self.train_batch_size = train_batch_size
         self.trust_remote_code = trust_remote_code
-        if pooling not in ("weighted_mean", "mean"):
-            raise ValueError(f"pooling must be 'weighted_mean' or 'mean', got {pooling!r}")
+        if pooling not in POOLING_CHOICES:
+            raise ValueError(f"pooling must be one of {', '.join(POOLING_CHOICES)}, got {pooling!r}")
         if text not in ("all", "user"):
             raise ValueError(f"text must be 'all' or 'user', got {text!r}")
+        if k_rule not in K_RULES:
+            raise ValueError(f"k_rule must be one of {', '.join(K_RULES)}, got {k_rule!r}")
         if k is not None and k < 1:
             raise ValueError(f"k must be at least 1, got {k!r}")
         if rounds < 1:
@@ -168,7 +183,7 @@ class KMeansSelector(Selector):
         if not fit_rows:  # an empty or all-rejected pool: nothing to cluster, and nothing to score
             self.prepared_ = KMeansPrepared(0, n_pool, 0)
             return self.prepared_
-        k = min(self.k or default_k(n_pool, len(fit_rows)), len(fit_rows))
+        k = min(self.k or default_k(n_pool, len(fit_rows), self.k_rule), len(fit_rows))
         prepared: dict = {}
         key = content_hash({"slice": slice_digest(fit_rows), "k": k, "seed": context.seed,
                             **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
@@ -265,8 +280,10 @@ class KMeansSelector(Selector):
         return np.where(loss_before > 0, ratio, np.nan)
 
     def model_info(self) -> dict[str, dict]:
-        info = {"kmeans.embedder": model_record(self.model, getattr(self, "model_path_", None), pooling=self.pooling,
-                                                text=self.text)}
+        embedder = getattr(self, "embedder_", None)
+        applied = embedder.pooling if embedder else resolve_pooling(self.model, self.pooling, self.trust_remote_code)
+        info = {"kmeans.embedder": model_record(self.model, getattr(self, "model_path_", None), pooling=applied,
+                                                pooling_requested=self.pooling, text=self.text)}
         proxy = getattr(getattr(self, "prepared_", None), "proxy", None)  # before prepare: none
         if proxy:
             info["kmeans.proxy"] = dict(proxy)

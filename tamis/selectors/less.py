@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +59,7 @@ class LessPrepared(Prepared):
     lora_alpha: float
     lr: float
     proj_dim: int
+    max_length: int  # tokens per example in the warm-up, and so in every worker's gradients
     base: str | None = None  # the model the LoRA checkpoints apply to (a built proxy's folder, or `model`)
 
 
@@ -76,7 +77,7 @@ class LessSelector(Selector):
                  batch_size: int = 32, sample_size: int = 10_000, build_epochs: int = 2,
                  n_layer: int = 2, n_embd: int = 64, n_head: int = 2, vocab_size: int = 2048, positions: int = 256,
                  chunk_size: int = 16, block_mb: float = 256, feature_store: str | None = None,
-                 trust_remote_code: bool = False):
+                 max_length: int | None = None, warmup_loss: str = "example", trust_remote_code: bool = False):
         self.model = model  # HF id or folder to warm up; None builds a small GPT-2 from the pool first
         self.preset = preset  # "paper" or "small"; None: "paper" for a given model, "small" for a built one
         # LoRA warm-up and projection; None takes the preset's value.
@@ -106,6 +107,11 @@ class LessSelector(Selector):
         # of the projection (README, "Memory").
         self.block_mb = block_mb
         self.feature_store = feature_store  # folder or URL; None: $TAMIS_CACHE/features
+        # Tokens per example for warm-up and gradients; None: the run's --max-length (512). LESS uses 2048.
+        self.max_length = max_length
+        # "example": each example's token mean weighs the same in a step (LESS: batch 1 x 32 accumulation);
+        # "token": the mean over all the step's tokens (tamis's other trainings)
+        self.warmup_loss = warmup_loss
         self.trust_remote_code = trust_remote_code
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -115,6 +121,10 @@ class LessSelector(Selector):
             raise ValueError(f"epochs must be >= 1, got {epochs!r}")
         if not block_mb > 0:
             raise ValueError(f"block_mb must be > 0, got {block_mb!r}")
+        if warmup_loss not in ("example", "token"):
+            raise ValueError(f"warmup_loss must be 'example' or 'token', got {warmup_loss!r}")
+        if max_length is not None and max_length < 8:
+            raise ValueError(f"max_length must be at least 8, got {max_length!r}")
 
     @classmethod
     def test_params(cls) -> dict:
@@ -134,16 +144,23 @@ class LessSelector(Selector):
         return ProxySpec(epochs=self.build_epochs, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
                          vocab_size=self.vocab_size, positions=self.positions, sample_size=self.sample_size)
 
+    def own_context(self, context: RunContext) -> RunContext:
+        """The run's context with LESS's own ``max_length`` when one is given."""
+        return context if self.max_length is None else replace(context, max_length=self.max_length)
+
     def warmup_config(self, context: RunContext) -> TrainConfig:
+        """LESS's warm-up: LoRA on the pool slice, with the run's ``--dtype`` as the autocast dtype
+        (LESS trains in bf16; weights and Adam moments stay fp32 either way)."""
         s = self.settings()
         return TrainConfig(mode="lora", fraction=self.fraction, max_examples=self.max_warmup_examples,
                            seed=context.seed, epochs=self.epochs, batch_size=self.batch_size, lr=s["lr"],
                            lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=self.lora_dropout,
-                           max_length=context.max_length)
+                           max_length=context.max_length, dtype=context.dtype, loss_weighting=self.warmup_loss)
 
     def prepare(self, pool: PoolSample, targets, context: RunContext) -> LessPrepared:
         if not targets:
             raise ValueError(f"selector {self.name!r} needs --target")
+        context = self.own_context(context)
         progress = sys.stderr.isatty()
         start = self.model
         if start is None:
@@ -155,7 +172,7 @@ class LessSelector(Selector):
             raise RuntimeError(f"less: warm-up at {warm.path} did not finish")
         self.prepared_ = LessPrepared(proxy=str(warm.path), key=warm.key, weights=warm.lr_weights(),
                                       checkpoints=[c.index for c in warm.checkpoints], base=warm.base,
-                                      **self.settings())
+                                      **self.settings(), max_length=context.max_length)
         return self.prepared_
 
     # -- features and scores (per worker) -----------------------------------------------------------
@@ -165,6 +182,8 @@ class LessSelector(Selector):
         from ..models.stats import grad_dim
         from ..models.train import TrainedProxy
 
+        if prepared is not None:  # the warm-up's max_length, whatever this worker's run context says
+            context = replace(context, max_length=prepared.max_length)
         super().setup(context, prepared, targets)
         if prepared is None:
             raise ValueError("less: nothing prepared (run prepare() first: it trains the warm-up proxy)")

@@ -1,9 +1,15 @@
 """RDS+ (Ivison et al., 2025): representation-based selection, no training needed.
 
-Each record is embedded by a language model's last hidden layer with position-weighted mean
-pooling, L2-normalized; a record's score for a task is its highest cosine to any of that
-task's target examples (FAISS exact inner product, or IVF for large target sets). With several
-tasks the pipeline's default selection takes them round-robin with dedupe, as RDS+ does.
+Each record is embedded by a language model's last hidden layer, pooled and L2-normalized; a
+record's score for a task is its highest cosine to any of that task's target examples (FAISS
+exact inner product, or IVF for large target sets). With several tasks the pipeline's default
+selection takes them round-robin with dedupe, as RDS+ does.
+
+RDS+ proper embeds with the causal LM that will be fine-tuned (``model=`` its id or folder),
+pooled by SGPT's position-weighted mean. The default model is all-MiniLM-L6-v2, a sentence
+encoder, which is what the RDS+ paper calls an *embedding baseline*: cheap and often strong, but
+not RDS+. ``pooling="auto"`` (the default) follows the model: the weighted mean for a causal LM,
+the encoder's own plain mean for an encoder; the manifest records which was applied.
 
 With ``per_query=True`` the selector also writes each row's cosine to every target example
 (``queries_rds_<task>``, a list column) and the selection goes round-robin over the target
@@ -15,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..models.embedder import model_record, open_embedder
+from ..models.embedder import POOLING_CHOICES, model_record, open_embedder, resolve_pooling
 from ..models.loading import DEFAULT_EMBEDDER
 from ..models.records import render
 from .base import RunContext, Selector
@@ -28,11 +34,11 @@ class RDSSelector(Selector):
     name = "rds"
     needs_target = True
 
-    def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "weighted_mean",
+    def __init__(self, model: str = DEFAULT_EMBEDDER, pooling: str = "auto",
                  index: str = "flat", nlist: int = 64, nprobe: int = 8, trust_remote_code: bool = False,
                  per_query: bool = False):
         self.model = model  # HF id, local folder, or "minilm" (the packaged all-MiniLM-L6-v2)
-        self.pooling = pooling  # "weighted_mean" (RDS+) or "mean"
+        self.pooling = pooling  # "auto" (by the model), "weighted_mean" (RDS+'s, for causal LMs) or "mean"
         self.index = index  # "flat" (exact) or "ivf" (approximate, for large target sets)
         self.nlist = nlist  # IVF cells
         self.nprobe = nprobe  # IVF cells searched per query
@@ -40,9 +46,8 @@ class RDSSelector(Selector):
         self.per_query = per_query  # select round-robin over the target examples (the RDS+ reference's recipe)
         if index not in ("flat", "ivf"):
             raise ValueError(f"index must be 'flat' or 'ivf', got {index!r}")
-        if pooling not in ("weighted_mean", "mean"):
-            raise ValueError(f"pooling must be 'weighted_mean' or 'mean', got {pooling!r}")
-
+        if pooling not in POOLING_CHOICES:
+            raise ValueError(f"pooling must be one of {', '.join(POOLING_CHOICES)}, got {pooling!r}")
 
     def _embed(self, records: list[dict]) -> np.ndarray:
         return self.embedder_.embed([render(r) for r in records])
@@ -102,4 +107,6 @@ class RDSSelector(Selector):
 
     def model_info(self) -> dict[str, dict]:
         embedder = getattr(self, "embedder_", None)  # after setup: the copy this worker loaded
-        return {"rds.embedder": model_record(self.model, embedder.path if embedder else None, pooling=self.pooling)}
+        applied = embedder.pooling if embedder else resolve_pooling(self.model, self.pooling, self.trust_remote_code)
+        return {"rds.embedder": model_record(self.model, embedder.path if embedder else None, pooling=applied,
+                                             pooling_requested=self.pooling)}
