@@ -111,7 +111,9 @@ def storage_error(what: str, path: str, e: BaseException) -> Exception:
     if code == errno.ENOSPC:
         return StorageError(f"disk full writing {path}: free some space and rerun the same command "
                             "(finished work is kept)")
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+    if code == errno.EROFS:
+        return RunFolderError(f"read-only file system: {path} (choose a writable folder)")
+    if code in (errno.EACCES, errno.EPERM):
         return RunFolderError(f"cannot {what} {path}: {reason(e)}")
     if code in (errno.ENOTDIR, errno.EEXIST):
         return RunFolderError(f"{path}: not a folder (a file is in its path)")

@@ -222,7 +222,15 @@ def cluster(tmp_path_factory, s3):
         for p in ("/tmp", os.environ.get("TAMIS_CACHE"), str(Path.home() / ".cache")):
             if p and Path(p).is_dir() and not any(Path(p).is_relative_to(h) for h in hidden):
                 hidden.append(str(Path(p).resolve()))
-        mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex_quote(p)}" for p in hidden)
+        # The interpreter, the venv and this checkout stay visible even where they lie under a
+        # hidden folder (a CI checkout in /tmp): bound aside on a private tmpfs, then back.
+        code = [str(Path(p).resolve()) for p in (sys.base_prefix, sys.prefix, Path(__file__).resolve().parents[2])]
+        keep = sorted({c for c in code if any(Path(c).is_relative_to(h) for h in hidden)})
+        steps = ["mount -t tmpfs tmpfs /mnt"] if keep else []
+        steps += [f"mkdir -p /mnt/k{i} && mount --bind {shlex_quote(c)} /mnt/k{i}" for i, c in enumerate(keep)]
+        steps += [f"mount -t tmpfs tmpfs {shlex_quote(p)}" for p in hidden]
+        steps += [f"mkdir -p {shlex_quote(c)} && mount --bind /mnt/k{i} {shlex_quote(c)}" for i, c in enumerate(keep)]
+        mounts = " && ".join(steps)
         boot = f"exec {shlex_quote(sys.executable)} -m tamis.pipeline.worker_boot --pool --service_port={pool_port}"
         procs["worker_pool"] = start(["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{mounts} && {boot}"],
                                      logs / "worker_pool.log", dict(env, TMPDIR="/tmp"))
