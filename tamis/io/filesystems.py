@@ -202,12 +202,27 @@ def read_bytes(path: str, *, missing_ok: bool = False, decompress: bool = False)
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write ``path`` atomically: a unique temporary name beside it, then one rename."""
+    _write_atomically(path, lambda f: f.write(data))
+
+
+def copy_from_local(src: str | os.PathLike, dest: str) -> None:
+    """Stream a local file to ``dest`` (any filesystem) in blocks, atomically as :func:`write_bytes`."""
+    def fill(out):
+        with open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 22)
+
+    _write_atomically(dest, fill)
+
+
+def _write_atomically(path: str, fill) -> None:
+    """``fill(file)`` writes the content to a temporary name beside ``path``, then one rename puts
+    it in place: a reader never sees half a file, and a killed writer leaves only ``*.inprogress``."""
     tmp = f"{path}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
     if not is_remote(path):
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(data)
+                fill(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -219,7 +234,7 @@ def write_bytes(path: str, data: bytes) -> None:
     fs = _fs()
     try:
         with fs.create(tmp, compression_type=_uncompressed()) as f:
-            f.write(data)
+            fill(f)
         try:
             fs.rename([tmp], [path])  # gs:// and s3:// copy over an existing object
         except Exception:
@@ -229,29 +244,6 @@ def write_bytes(path: str, data: bytes) -> None:
             fs.rename([tmp], [path])
     except Exception as e:
         raise storage_error("write to", path, e) from e
-
-
-def copy_from_local(src: str | os.PathLike, dest: str) -> None:
-    """Stream a local file to ``dest`` (any filesystem) in blocks, atomically as :func:`write_bytes`."""
-    if not is_remote(dest):
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{dest}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise storage_error("write to", dest, e) from e
-        return
-    fs = _fs()
-    tmp = f"{dest}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
-    try:
-        with open(src, "rb") as f, fs.create(tmp, compression_type=_uncompressed()) as out:
-            shutil.copyfileobj(f, out, 1 << 22)
-        fs.rename([tmp], [dest])
-    except Exception as e:
-        raise storage_error("write to", dest, e) from e
 
 
 def delete_files(paths: Iterable[str]) -> None:
