@@ -207,7 +207,9 @@ class RunFolder:
         except OSError as e:
             raise storage_error("write to", p, e) from None
         if not os.access(p, os.W_OK):
-            raise RunFolderError(f"cannot write to {p}: the folder is read-only")
+            read_only = os.statvfs(p).f_flag & os.ST_RDONLY
+            raise RunFolderError(f"read-only file system: {p} (choose a writable folder)" if read_only
+                                 else f"permission denied: cannot write to {p}")
 
     def _ensure_dirs(self) -> None:
         if self.remote:
