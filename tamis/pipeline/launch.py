@@ -13,12 +13,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ..io.runfolder import SCORING, RunFolder
+from ..io.runfolder import RunFolder
 from ..schemas.config import SelectConfig
 from .artifacts import prepare_for_workers
 from .options import beam_argv, check_options, resolved_options
 from .plan import Plan, load_config
-from .run import score_pipeline
+from .run import begin_scoring, score_pipeline
 from .selection import selection_pipeline
 
 
@@ -84,10 +84,7 @@ def submit_score_pass(config: SelectConfig):
     check_options(config)
     plan = Plan.build(config)
     with folder.lock():
-        plan.count_files()
-        done = folder.prepare(plan.resume_key(), config.overwrite) & plan.chunks
-        folder.save_targets(plan.targets)
-        folder.set_state(SCORING, by="select", chunks=len(plan.chunks))
+        done = begin_scoring(plan, folder)
         prepared, _ = prepare_for_workers(plan, folder)  # Dataflow workers read them from OUT/_work/artifacts
         return score_pipeline(plan, done, prepared).run()
 

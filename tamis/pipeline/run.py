@@ -202,6 +202,16 @@ def _merge_selection_report(manifest: dict, folder: RunFolder) -> None:
         manifest.pop("selection_report", None)
 
 
+def begin_scoring(plan: Plan, folder: RunFolder) -> set[str]:
+    """Under the run folder's lock: count the pool, check the resume key, keep the targets and
+    mark the run as scoring. Returns the chunks an earlier run already scored."""
+    plan.count_files()
+    done = folder.prepare(plan.resume_key(), plan.config.overwrite) & plan.chunks
+    folder.save_targets(plan.targets)
+    folder.set_state(SCORING, by="select", chunks=len(plan.chunks))
+    return done
+
+
 def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     """Score and select: the whole ``tamis select`` run, holding the run folder's lock throughout."""
     timings: dict[str, float] = {}
@@ -211,10 +221,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
     check_options(config)  # before any work: a bad option fails here, not after the proxy training
     plan = Plan.build(config)
     with folder.lock():
-        plan.count_files()
-        done = folder.prepare(plan.resume_key(), config.overwrite) & plan.chunks
-        folder.save_targets(plan.targets)
-        folder.set_state(SCORING, by="select", chunks=len(plan.chunks))
+        done = begin_scoring(plan, folder)
         timings["plan_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
