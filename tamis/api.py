@@ -30,6 +30,27 @@ def reselect(out: str, budget: float, **kwargs: Any):
     return run_reselect(out, check_budget(budget), **kwargs)
 
 
+def add_task(out: str, target: dict[str, str], **kwargs: Any):
+    """Add target tasks (task -> examples file) to a finished run, from its stored pool features;
+    then select again over all its tasks. See ``tamis add-task``."""
+    from .pipeline.add_task import run_add_task
+
+    return run_add_task(out, target, **kwargs)
+
+
+def read_run(out: str, columns: list[str] | None = None,
+             storage_options: dict[str, Any] | list[str] | None = None):
+    """Every row of a finished run as one pyarrow Table: the shards' columns joined with the columns
+    kept beside them (the selection, tasks added later), in shard order."""
+    from .io.filesystems import use_beam_options
+    from .io.runfolder import RunFolder
+
+    use_beam_options(storage_options)
+    folder = RunFolder(out)
+    folder.require_finished()
+    return folder.read_shards(columns)
+
+
 def load_selected(out: str, task: str | None = None, curriculum: bool = False,
                   storage_options: dict[str, Any] | list[str] | None = None):
     """The selected rows of a run as a ``datasets.Dataset``, in rank order (1 = best).
@@ -37,8 +58,9 @@ def load_selected(out: str, task: str | None = None, curriculum: bool = False,
     With ``task``, only rows selected for that task. With ``curriculum``, the rows come easiest
     first instead: by ``curriculum_stage``, then ``difficulty``, then rank (the ``irt`` selector
     writes both columns; :class:`tamis.curriculum.CurriculumSampler` schedules them). The shards
-    are plain Parquet, so ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")``
-    reads every row. A run that is unfinished (killed, or still running) raises
+    are plain Parquet: ``datasets.load_dataset("parquet", data_files=f"{out}/shards/*.parquet")``
+    reads every row with its first scores, and ``{out}/attributes/selection/*.parquet`` holds the
+    selection row for row (README, "Output"). A run that is unfinished (killed, or still running) raises
     :class:`tamis.errors.UnfinishedRunError` naming what is missing; a task the run does not
     have raises :class:`tamis.errors.ConfigError` naming the tasks it has.
 

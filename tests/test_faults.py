@@ -1,9 +1,9 @@
 """Faults while scoring: tamis retries a failed call itself (local runners do not retry
 bundles); rows that fail every attempt go to the rejects with the error, nothing is lost."""
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tamis.io.runfolder import RunFolder
 import tamis
 
 from .conftest import demo_records, install_plugin, write_jsonl
@@ -45,7 +45,7 @@ def flaky(tmp_path, monkeypatch):
 
 
 def shards(out):
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "shards").glob("*.parquet")))
+    return RunFolder(str(out)).read_shards()
 
 
 def test_transient_faults_are_retried_and_change_nothing(tmp_path, flaky):

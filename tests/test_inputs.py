@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tamis.io.runfolder import RunFolder
 import tamis
 from tamis.io.files import Damage, count_lines, iter_lines
 from tamis.schemas import content_key, parse_line, record_to_json
@@ -53,8 +54,7 @@ def run(tmp_path, pool, name="out", shard_rows=50, budget=5):
 
 
 def shard_rows(out) -> list[dict]:
-    files = sorted((out / "shards").glob("*.parquet"))
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
+    return RunFolder(str(out)).read_shards().to_pylist() if (out / "shards").is_dir() else []
 
 
 def rejects(out) -> list[dict]:

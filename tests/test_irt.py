@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import tamis  # noqa: E402
+from tamis.io.runfolder import RunFolder
 from tamis.curriculum import DDSMAE, CurriculumSampler, epoch_items, hf_callback  # noqa: E402
 from tamis.irt import estimate_theta, fit_irt, fit_items  # noqa: E402
 from tamis.selectors.irt import (  # noqa: E402
@@ -295,7 +295,8 @@ def test_classifier_crowd_answers_labels_and_orders_difficulty(tiny_encoder):
 
 # -- the selector, end to end ----------------------------------------------------------------------
 def read_shards(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+    """Every row, shards joined with their selection (as tamis reads them)."""
+    return RunFolder(str(out)).read_shards()
 
 
 def test_select_with_a_crowd_writes_difficulty_and_a_curriculum(tmp_path):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from tamis.io.runfolder import RunFolder
 import tamis
 from tamis.selectors import PoolSample, RunContext
 from tamis.selectors.kmeans import KMeansSelector, default_k
@@ -29,7 +29,7 @@ def pool(tmp_path):
 
 
 def shards(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+    return RunFolder(str(out)).read_shards()
 
 
 def selection(out) -> list[tuple[str, int, int]]:

@@ -3,16 +3,15 @@ reference, the feature store, and the pipeline."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import tamis  # noqa: E402
+from tamis.io.runfolder import RunFolder
 from tamis.models.lm import encode_records, pad_batch, token_nll  # noqa: E402
 from tamis.models.projection import RademacherProjector  # noqa: E402
 from tamis.models.train import TrainedProxy  # noqa: E402
@@ -31,7 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_shards(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("*.parquet")))
+    """Every row, shards joined with their selection (as tamis reads them)."""
+    return RunFolder(str(out)).read_shards()
 
 
 @pytest.fixture(scope="module")

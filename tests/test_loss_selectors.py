@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import tamis  # noqa: E402
+from tamis.io.runfolder import RunFolder
 from tamis.models.lm import encode_records  # noqa: E402
 from tamis.models.stats import sequence_stats  # noqa: E402
 from tamis.models.train import TrainedProxy  # noqa: E402
@@ -41,7 +41,8 @@ def demo_labels() -> dict[str, str]:
 
 
 def read_shards(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+    """Every row, shards joined with their selection (as tamis reads them)."""
+    return RunFolder(str(out)).read_shards()
 
 
 # -- CoLoR-Filter ----------------------------------------------------------------------------------

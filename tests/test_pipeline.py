@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tamis
+from tamis.io.runfolder import RunFolder
 from tamis.errors import RunFolderError
 from tamis.pipeline.run import count_outputs
 
@@ -24,7 +25,8 @@ BROKEN = [
 
 
 def read_shards(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+    """Every row, shards joined with their selection (as tamis reads them)."""
+    return RunFolder(str(out)).read_shards()
 
 
 def read_rejects(out) -> list[dict]:

@@ -63,7 +63,9 @@ def test_escape_raw_keeps_bad_bytes_visible():
 
 def test_output_schema_is_fixed_and_rejects_clashes():
     schema = output_schema([pa.field("score_rds_food", pa.float32())])
-    assert schema.names == ["id", "messages", "text", "extra", "score_rds_food", "matches_target", "selected", "rank", "selected_for"]
+    assert schema.names == ["id", "messages", "text", "extra", "score_rds_food", "matches_target"]  # selection: beside
     assert schema.field("score_rds_food").type == pa.float32()
     with pytest.raises(ValueError, match="clash"):
         output_schema([pa.field("selected", pa.float32())])
+    with pytest.raises(ValueError, match="clash"):
+        output_schema([pa.field("matches_target", pa.float32())])

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import tamis
+from tamis.io.runfolder import RunFolder
 from tamis.cli import app
 from tamis.schemas import SelectConfig, config_error_line
 from tamis.schemas.records import MAX_RECORD_BYTES
@@ -31,7 +32,8 @@ cli = CliRunner()
 
 
 def read_shards(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+    """Every row, shards joined with their selection (as tamis reads them)."""
+    return RunFolder(str(out)).read_shards()
 
 
 # -- resume after a real kill --------------------------------------------------------------------
@@ -209,7 +211,7 @@ def test_data_controlled_strings_never_name_output_files(tmp_path, targets_dir, 
     out = tmp_path / "out"
     assert all(out in p.parents or p == out for p in created)
     names = sorted(str(p.relative_to(out)) for p in created if p.is_file())
-    pattern = re.compile(r"(shards|rejects)/part-\d{4}-\d{5}\.parquet|_work/(plan|state|targets|selection_report)\.json"
+    pattern = re.compile(r"(shards|rejects|attributes/selection)/part-\d{4}-\d{5}\.parquet|_work/(plan|state|targets|selection_report)\.json"
                          r"|manifest\.json|\.tamis\.lock")
     assert all(pattern.fullmatch(n) for n in names), names
     assert {"../../escape", "/abs/id"} <= set(read_shards(out).column("id").to_pylist())

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tamis.io.runfolder import RunFolder
 import tamis
 from tamis.cli import app
 from tamis.errors import ConfigError, RunFolderError, RunLockedError, UnfinishedRunError
@@ -135,7 +136,7 @@ def tree_bytes(root: Path) -> dict[str, str]:
 
 
 def shard_table(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+    return RunFolder(str(out)).read_shards()
 
 
 def selected_ids(out) -> list[str]:

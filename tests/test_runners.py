@@ -8,16 +8,15 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.internal import pickler
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import SetupOptions
 
 import tamis
+from tamis.io.runfolder import RunFolder
 from tamis.models.loading import fingerprint
 
 from .conftest import demo_records, write_jsonl
@@ -26,7 +25,8 @@ SCORES = ["score_rds_animal", "score_rds_food"]
 
 
 def read_shards(out) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+    """Every row, shards joined with their selection (as tamis reads them)."""
+    return RunFolder(str(out)).read_shards()
 
 
 def test_portable_and_multiprocess_runners_match_the_default_bit_for_bit(tmp_path, targets_dir, tiny_encoder, one_thread):

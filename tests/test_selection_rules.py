@@ -1,3 +1,4 @@
+from tamis.io.runfolder import RunFolder
 from tamis.selectors.rules import Budget, Pick, SkipWindow, TopK, per_task, round_robin
 
 
@@ -89,7 +90,6 @@ def test_budget_per_task_and_duplicates_turn_through_the_pipeline(tmp_path, targ
     """Each task's own top 8 (the LESS/CoLoR references) against the shared round-robin budget,
     read back from the shards; the rule options are in the manifest."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     import tamis
 
@@ -103,7 +103,7 @@ def test_budget_per_task_and_duplicates_turn_through_the_pipeline(tmp_path, targ
     assert shared.counts["selected"] == turn.counts["selected"] == 8
     assert per.manifest["resolved"]["rule"] == {"rule": "TopK", "skip": {"fraction": 0.0}, "duplicate": "next",
                                                 "budget_per_task": True, "over": "tasks"}
-    table = pq.read_table(tmp_path / "per" / "shards")
+    table = RunFolder(str(tmp_path / "per")).read_shards()
     eligible = ~table.column("matches_target").to_numpy(zero_copy_only=False)
     ids = np.array(table.column("id").to_pylist())
     for task in ("animal", "food"):
@@ -119,7 +119,7 @@ def test_budget_per_task_and_duplicates_turn_through_the_pipeline(tmp_path, targ
 
     res = CliRunner().invoke(app, ["reselect", str(tmp_path / "shared"), "--budget", "8", "--budget-per-task"])
     assert res.exit_code == 0, res.output
-    again = pq.read_table(tmp_path / "shared" / "shards")
+    again = RunFolder(str(tmp_path / "shared")).read_shards()
     assert again.column("selected").to_pylist() == table.column("selected").to_pylist()
     assert again.column("selected_for").to_pylist() == table.column("selected_for").to_pylist()
 
@@ -128,7 +128,6 @@ def test_round_robin_over_target_examples_gives_each_its_share(tmp_path, targets
     """rds with per_query: every target example in turn takes its best remaining row (the RDS+
     reference's main recipe), recomputed here from the per-example cosines in the shards."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     import tamis
 
@@ -138,7 +137,7 @@ def test_round_robin_over_target_examples_gives_each_its_share(tmp_path, targets
     summary = tamis.select(pool=[str(path)], target={"food": targets_dir["food"]}, budget=12,
                            out=str(tmp_path / "q"), param={"model": tiny_encoder, "per_query": True})
     assert summary.counts["selected"] == 12 and summary.manifest["resolved"]["rule"]["over"] == "queries"
-    table = pq.read_table(tmp_path / "q" / "shards")
+    table = RunFolder(str(tmp_path / "q")).read_shards()
     cosines = np.array(table.column("queries_rds_food").to_pylist(), dtype=np.float32)
     assert cosines.shape == (60, 32)
     np.testing.assert_array_equal(cosines.max(axis=1), table.column("score_rds_food").to_numpy())

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from tamis.io.runfolder import RunFolder
 from tamis.cli import app
 
 from .conftest import DEMO, demo_records, write_jsonl
@@ -39,7 +39,7 @@ def small_run(tmp_path_factory, one_thread):
             args += ["--param", p]
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
-        table = pa.concat_tables(pq.read_table(p) for p in sorted(Path(out, "shards").glob("part-*.parquet")))
+        table = RunFolder(str(out)).read_shards()
         manifest = json.loads(Path(out, "manifest.json").read_text())
         assert manifest["counts"]["accepted"] == POOL_ROWS and manifest["counts"]["selected"] == 3
         return table, manifest

@@ -236,6 +236,31 @@ def reselect(
     print_counts(summary.counts, notes=summary.manifest.get("notes"))
 
 
+@app.command("add-task", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def add_task(
+    ctx: typer.Context,
+    out: str = typer.Argument(..., help="a finished run folder"),
+    target: list[str] = typer.Option(..., "--target", help="task=path of the new task's target examples (repeatable)"),
+    replace: bool = typer.Option(False, "--replace", help="score a task the run already has again, with these targets"),
+    select: bool = typer.Option(True, "--select/--no-select", help="select again over every task afterwards (the run's budget)"),
+    runner: Optional[str] = typer.Option(None, "--runner", help="default: the run's"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="default: the run's"),
+):
+    """Add target tasks to a finished run from its stored features: no pool rescoring.
+
+    The run's targeted selectors score its rows for the new tasks only (RDS+ and LESS take the
+    pool side from the feature store; CoLoR-Filter fine-tunes a conditional on the new targets,
+    which scores every row). The new columns go beside the shards; the shards are not rewritten.
+    """
+    from ..pipeline.add_task import run_add_task
+    from ..schemas.config import parse_target_pairs
+
+    summary = run_add_task(out, parse_target_pairs(target), replace=replace, runner=runner, workers=workers,
+                           beam_args=list(ctx.args) or None, reselect=select)
+    out_console.print(f"[bold]tamis add-task[/] {', '.join(summary.tasks)} -> {summary.out}", highlight=False)
+    print_counts(summary.counts, summary.timings, notes=summary.manifest.get("notes"))
+
+
 @app.command("selectors")
 def list_selectors():
     """List every registered selector with its parameters and defaults."""

@@ -5,13 +5,20 @@ pattern (Beam's ``FileSystems.match`` and, on local and ``gs://`` paths, ``FileS
 treat them as glob characters, so nothing here hands OUT to either unescaped)::
 
     OUT/.tamis.lock            who is writing: host, pid, start time
-    OUT/shards/part-FFFF-CCCCC.parquet
+    OUT/shards/part-FFFF-CCCCC.parquet      the accepted rows and the scores pass 1 made (written once)
+    OUT/attributes/selection/part-*.parquet  id, selected, rank, selected_for: rewritten by every selection
+    OUT/attributes/task-<task>/part-*.parquet  id + the score columns of a task added by ``tamis add-task``
     OUT/rejects/*.parquet
     OUT/_work/plan.json        the resume key and what it covers
     OUT/_work/state.json       scoring -> selecting -> finished
     OUT/_work/targets.json     the target examples the run was scored with (reselect reads these)
     OUT/_work/...              selectors' work files (selection report, centroids)
     OUT/manifest.json          written when a run finishes
+
+An attribute file holds the same rows as its chunk's shard, in the same order (Dolma's
+attributes: columns kept beside the documents, never written into them), so changing the budget
+or adding a task writes a few small files instead of the whole pool. :meth:`RunFolder.read_chunk`
+joins them; a column an attribute file holds wins over a shard column of the same name.
     OUT/evaluate.json, OUT/report.html   written later by ``tamis evaluate`` / ``tamis report``
 
 Rules that hold for every path, local, ``gs://`` or ``s3://``:
@@ -47,6 +54,9 @@ log = logging.getLogger(__name__)
 
 SHARDS = "shards"
 REJECTS = "rejects"
+ATTRIBUTES = "attributes"
+SELECTION = "selection"  # the attribute set every selection writes
+TASK_PREFIX = "task-"  # attribute sets of tasks added after the run (tamis add-task)
 WORK = "_work"
 MANIFEST = "manifest.json"
 LOCK = ".tamis.lock"
@@ -56,9 +66,10 @@ TARGETS = f"{WORK}/targets.json"
 EVALUATE = "evaluate.json"
 REPORT = "report.html"
 # What belongs to a run: ``--overwrite`` deletes these and nothing else.
-RUN_ENTRIES = (SHARDS, REJECTS, WORK, MANIFEST, EVALUATE, REPORT)
+RUN_ENTRIES = (SHARDS, ATTRIBUTES, REJECTS, WORK, MANIFEST, EVALUATE, REPORT)
 
 SCORING, SELECTING, FINISHED = "scoring", "selecting", "finished"
+ADDING = "adding"  # tamis add-task is scoring new tasks (the run's other results stay as they were)
 FINISH_HINT = "rerun `tamis select` with the same arguments to finish it"
 
 
@@ -122,6 +133,10 @@ class RunFolder:
     def shard_path(self, chunk: str) -> str:
         return self.join(SHARDS, f"{chunk}.parquet")
 
+    def attribute_path(self, name: str, chunk: str) -> str:
+        """The attribute file of set ``name`` (``selection``, ``task-<task>``) for ``chunk``."""
+        return self.join(ATTRIBUTES, name, f"{chunk}.parquet")
+
     def reject_path(self, name: str) -> str:
         return self.join(REJECTS, name if name.endswith(".parquet") else f"{name}.parquet")
 
@@ -145,6 +160,60 @@ class RunFolder:
 
     def rejects(self) -> list[str]:
         return self._list(REJECTS, "", ".parquet")
+
+    def attribute_sets(self) -> list[str]:
+        """Names of the attribute sets on disk (``selection``, ``task-<task>``...)."""
+        folder = self.join(ATTRIBUTES)
+        if self.remote:
+            names = {p[len(folder) + 1:].split("/", 1)[0] for p in match(glob_escape(folder) + "/*/*.parquet")}
+        else:
+            try:
+                with os.scandir(folder) as entries:
+                    names = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        return sorted(names)
+
+    def match_columns(self) -> list[str]:
+        """``matches_target`` and each added task's own ``matches_target_<task>``: a row equal to
+        any of the run's target examples is never selected (by default)."""
+        return ["matches_target", *(f"matches_target_{n[len(TASK_PREFIX):]}" for n in self.attribute_sets()
+                                    if n.startswith(TASK_PREFIX))]
+
+    def attribute_files(self, name: str) -> list[str]:
+        return self._list(f"{ATTRIBUTES}/{name}", "part-", ".parquet")
+
+    def chunk_names(self) -> list[str]:
+        return [p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in self.shards()]
+
+    def read_chunk(self, chunk: str, columns: list[str] | None = None, sets: list[str] | None = None):
+        """One chunk's rows: its shard's columns joined with its attribute files' (all sets, or
+        ``sets``), in shard order. ``columns`` picks columns (``id`` is always there to join on).
+
+        An attribute file that does not hold exactly the shard's ids, in order, is refused: a
+        mismatched join would attach scores or a selection to the wrong rows.
+        """
+
+        parts = []
+        for name in (self.attribute_sets() if sets is None else sets):
+            path = self.attribute_path(name, chunk)
+            if exists(path):
+                parts.append((path, read_parquet(path)))
+        provided = {c for _, t in parts for c in t.column_names if c != "id"}
+        wanted = None if columns is None else list(dict.fromkeys(["id", *(c for c in columns if c not in provided)]))
+        table = read_parquet(self.shard_path(chunk), wanted)
+        table = table.drop_columns([c for c in table.column_names if c in provided])
+        ids = table.column("id")
+        for path, part in parts:
+            if part.num_rows != table.num_rows or not part.column("id").equals(ids):
+                raise RunFolderError(f"{path} does not hold the rows of {self.shard_path(chunk)} (its ids differ): "
+                                     "the run folder was changed by hand; rerun the selection or the task")
+            for name in part.column_names:
+                if name != "id":
+                    table = table.append_column(part.schema.field(name), part.column(name))
+        if columns is not None:
+            table = table.select(list(dict.fromkeys(["id", *columns])))
+        return table
 
     def scored_chunks(self) -> set[str]:
         return {p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in self.shards()}
@@ -170,12 +239,14 @@ class RunFolder:
         return self.read_json(MANIFEST)
 
     def read_shards(self, columns: list[str] | None = None):
+        """Every row of the run, shards joined with their attributes (see :meth:`read_chunk`)."""
         import pyarrow as pa
 
-        paths = self.shards()
-        if not paths:
+        chunks = self.chunk_names()
+        if not chunks:
             raise RunFolderError(f"no shards under {self.join(SHARDS)}: is this a finished tamis run?")
-        return pa.concat_tables([read_parquet(p, columns) for p in paths])
+        sets = self.attribute_sets()
+        return pa.concat_tables([self.read_chunk(c, columns, sets) for c in chunks], promote_options="default")
 
     def save_targets(self, targets: dict | None) -> None:
         self.write_json(TARGETS, targets or {})
@@ -227,7 +298,7 @@ class RunFolder:
             raise ValueError(f"{name!r} is not part of a run's layout")
         path = self.join(name)
         if self.remote:
-            files = match(glob_escape(path) + "/**") if name in (SHARDS, REJECTS, WORK) else []
+            files = match(glob_escape(path) + "/**") if name in (SHARDS, ATTRIBUTES, REJECTS, WORK) else []
             if _fs().exists(path):
                 files.append(path)
             if files:
@@ -245,6 +316,17 @@ class RunFolder:
         except OSError as e:
             raise storage_error("write to", path, e) from None
 
+    def delete_attribute_set(self, name: str) -> None:
+        """Delete one attribute set (a task being replaced), nothing else."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{name!r} is not an attribute set's name")
+        files = self.attribute_files(name) + self._list(f"{ATTRIBUTES}/{name}", "", TEMP_SUFFIX)
+        if files:
+            delete_files(files)
+        if not self.remote:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.join(ATTRIBUTES, name))
+
     def clear(self) -> None:
         """Empty the run (``--overwrite``): the layout's entries only, never the user's other files."""
         for name in RUN_ENTRIES:
@@ -252,7 +334,8 @@ class RunFolder:
 
     def remove_temp_files(self) -> None:
         """Half-written files of a killed writer: never mistaken for finished ones."""
-        stale = [p for sub in (SHARDS, REJECTS, WORK) for p in self._list(sub, "", TEMP_SUFFIX)]
+        subs = (SHARDS, REJECTS, WORK, *(f"{ATTRIBUTES}/{n}" for n in self.attribute_sets()))
+        stale = [p for sub in subs for p in self._list(sub, "", TEMP_SUFFIX)]
         if stale:
             delete_files(stale)
 
@@ -311,7 +394,9 @@ class RunFolder:
             done = len(self.scored_chunks())
             return f"{done} of {planned} chunks scored" if planned is not None else f"{done} chunks scored"
         if phase == SELECTING:
-            return "selection interrupted" + (" (in a reselect)" if state.get("by") == "reselect" else "")
+            return "selection interrupted" + (f" (in {state.get('by')})" if state.get("by") in ("reselect", "add-task") else "")
+        if phase == ADDING:
+            return f"task(s) {', '.join(state.get('tasks') or [])} being added"
         return f"no {MANIFEST}"
 
     def running_holder(self) -> str | None:
@@ -337,7 +422,9 @@ class RunFolder:
         if missing is not None:
             holder = self.running_holder()
             running = f" (a run by {holder} may still be writing it)" if holder else ""
-            raise UnfinishedRunError(f"cannot {action} {self.path}: unfinished: {missing}{running}; {FINISH_HINT}")
+            by_add_task = (self.state() or {}).get("by") == "add-task"
+            hint = "rerun the same `tamis add-task` to finish it" if by_add_task else FINISH_HINT
+            raise UnfinishedRunError(f"cannot {action} {self.path}: unfinished: {missing}{running}; {hint}")
         manifest = self.read_manifest()
         if manifest is None:
             raise RunFolderError(f"{self.join(MANIFEST)} not found: is this a finished tamis run?")
@@ -346,7 +433,7 @@ class RunFolder:
     def require_reselectable(self) -> dict:
         """A finished run, or one whose last reselect was interrupted (reselect redoes pass 2 whole)."""
         state = self.state()
-        if state and state.get("phase") == SELECTING and state.get("by") == "reselect" and self.exists(MANIFEST):
+        if state and state.get("phase") == SELECTING and state.get("by") in ("reselect", "add-task") and self.exists(MANIFEST):
             return self.read_manifest()
         return self.require_finished("reselect")
 

@@ -148,7 +148,9 @@ class Plan:
         elif targets is None and config.target:
             targets = read_targets(config.target)
         selectors = build_selectors(config, targets)
-        columns = [c for s in selectors for c in s.columns(s.task_names(targets))]
+        # A rule's own fields (kMQ's selection round) belong to the selection, written beside the shards.
+        rule_fields = {f.name for s in selectors for f in getattr(s.selection_rule(), "fields", ())}
+        columns = [c for s in selectors for c in s.columns(s.task_names(targets)) if c.name not in rule_fields]
         plan = cls(config, targets, selectors, output_schema(columns), [])
         rule = plan.rule()
         missing = sorted(set(rule.inputs) - set(plan.schema.names)) if isinstance(rule, TableRule) else []

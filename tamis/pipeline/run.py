@@ -14,8 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..io.filesystems import read_parquet_metadata, use_beam_options
-from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, WORK, RunFolder
+from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, SELECTION, WORK, RunFolder
+from ..errors import ConfigError
 from ..schemas.config import SelectConfig
 from ..schemas.records import content_key
 from ..selectors.base import Prepared
@@ -23,7 +26,7 @@ from ..selectors.rules import SELECTION_REPORT, Resolution
 from .artifacts import prepare_for_workers
 from .chunks import ReadChunks, ValidateChunk
 from .options import check_options, pipeline_options
-from .plan import Plan
+from .plan import Plan, target_digests
 from .scoring import SelectorModelHandler, WriteShard, models_used
 from .selection import Ranking, selection_pipeline
 from .sources import read_targets
@@ -124,7 +127,7 @@ def select_pass(config: SelectConfig, ranking: Ranking) -> dict[str, Any]:
     rows = sum(_shard_meta(p)[0] for p in shards)
     # Reading ids and scores is cheap: local worker processes would cost more to start than they save.
     pipeline = beam.Pipeline(options=pipeline_options(config, workers=1))
-    selection_pipeline(pipeline, folder.path, shards, ranking, rows)
+    selection_pipeline(pipeline, folder.path, folder.chunk_names(), ranking, rows)
     result = pipeline.run()
     result.wait_until_finish()
     return _metrics(result)
@@ -151,14 +154,23 @@ def count_outputs(out: str) -> dict[str, int]:
 
     folder = RunFolder(out)
     counts = {"input": 0, "accepted": 0, "rejected": 0, "selected": 0, "matches_target": 0, "duplicates": 0}
-    for path in folder.shards():
-        shard = pq.ParquetFile(io.BytesIO(read_bytes(path)))  # one read: footer and two columns
-        table = shard.read(columns=["selected", "matches_target"])
+    for chunk in folder.chunk_names():
+        shard = pq.ParquetFile(io.BytesIO(read_bytes(folder.shard_path(chunk))))  # one read: footer and a column
         rows, lines = _rows_and_lines(shard.metadata)
         counts["input"] += lines
         counts["accepted"] += rows
-        counts["selected"] += sum(table.column("selected").to_pylist())
-        counts["matches_target"] += sum(table.column("matches_target").to_pylist())
+        matches = folder.match_columns()
+        if len(matches) == 1:
+            counts["matches_target"] += sum(shard.read(columns=["matches_target"]).column("matches_target").to_pylist())
+        else:  # tasks added later have their own target matches: a row counts once, whichever it matches
+            table = folder.read_chunk(chunk, matches)
+            counts["matches_target"] += int(np.logical_or.reduce([table.column(c).to_numpy(zero_copy_only=False)
+                                                                  for c in matches]).sum())
+        selection = read_bytes(folder.attribute_path(SELECTION, chunk), missing_ok=True)
+        if selection is not None:
+            counts["selected"] += sum(pq.read_table(io.BytesIO(selection), columns=["selected"]).column("selected").to_pylist())
+        elif "selected" in shard.schema_arrow.names:  # a run made before the selection moved beside the shards
+            counts["selected"] += sum(shard.read(columns=["selected"]).column("selected").to_pylist())
     for path in folder.rejects():
         n = read_parquet_metadata(path).num_rows
         counts["rejected"] += n
@@ -244,7 +256,7 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
         check_counts(counts)
         notes, resolution = run_notes(counts, ranking, config.decontaminate)
         manifest = {
-            "tamis_manifest": 1,
+            "tamis_manifest": 2,  # 2: the selection lies beside the shards (attributes/selection)
             "config": config.model_dump(),
             "resolved": {"budget": ranking.budget.value, "select_by": config.driver, "tasks": plan.tasks,
                          "rule": describe_rule(ranking.rule), "skip_top": ranking.rule.skip.fraction,
@@ -257,6 +269,10 @@ def run_select(config: SelectConfig, progress: bool = False) -> RunSummary:
             "prepared": {name: to_json(p) for name, p in prepared.items()},
             "artifacts": artifacts,
             "targets": {t: len(v) for t, v in (plan.targets or {}).items()},
+            # Every task of the run and how its scores were made (tamis add-task adds entries).
+            "tasks": {t: {"made_by": "select", "targets": len(v), "target_digest": d,
+                          "selectors": [s.name for s in plan.selectors if s.needs_target]}
+                      for (t, v), d in zip(sorted((plan.targets or {}).items()), target_digests(plan.targets).values())},
             "counts": counts,
             "chunks": {"planned": len(plan.chunks), "reused": len(done), "computed": len(plan.chunks - done)},
             "notes": notes,
@@ -292,46 +308,55 @@ def run_reselect(out: str, budget: float, runner: str = "DirectRunner", workers:
     the path its manifest recorded. ``tasks`` restricts the selection to some of the run's tasks
     (for example one task's top-k from a run that scored several); by default the tasks the run
     was made with. ``budget_per_task`` and ``duplicates`` change the rule's options (default: as
-    the run was made).
+    the run was made). Only the small selection files beside the shards are written.
     """
     use_beam_options(beam_args or [])  # s3/gcs endpoint and credentials, before the first read
     folder = RunFolder(out)
     folder.require_exists()  # before the lock, which would create the folder
     with folder.lock():
         manifest = folder.require_reselectable()
-        data = dict(manifest["config"], out=folder.path, budget=budget, runner=runner, workers=workers,
-                    beam_args=beam_args or [])
-        data.update({k: v for k, v in (("budget_per_task", budget_per_task), ("duplicates", duplicates)) if v is not None})
-        config = SelectConfig(**data)
-        columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
-        if tasks:
-            missing = set(tasks) - set(columns)
-            if missing:
-                raise ValueError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
-            columns = {t: c for t, c in columns.items() if t in tasks}
-        # The targets the run was scored with, kept in the folder; older runs read the target files.
-        targets = folder.read_targets()
-        if targets is None:
-            targets = read_targets(config.target) if config.target else None
-        targets = targets or None
-        plan = Plan.build(config, targets)
-        ranking = plan.ranking(plan.prepared_from_json(manifest.get("prepared", {})), columns)
-        chunks = (folder.state() or {}).get("chunks")
-        folder.set_state(SELECTING, by="reselect", chunks=chunks)
-        t0 = time.perf_counter()
-        select_pass(config, ranking)
-        counts = count_outputs(folder.path)
-        check_counts(counts)
-        manifest["config"] = config.model_dump()
-        manifest["resolved"]["budget"] = budget
-        manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
-        manifest["counts"] = counts
-        manifest["notes"], resolution = run_notes(counts, ranking, config.decontaminate)
-        manifest["resolved"]["selection"] = asdict(resolution)
-        manifest["resolved"]["rule"] = describe_rule(ranking.rule)
-        manifest.setdefault("reselects", []).append({"budget": budget, "select_s": time.perf_counter() - t0})
-        manifest["timings"]["reselect_s"] = time.perf_counter() - t0
-        _merge_selection_report(manifest, folder)
-        folder.write_json(MANIFEST, manifest)
-        folder.set_state(FINISHED, by="reselect", chunks=chunks)
+        return reselect_locked(folder, manifest, budget, runner=runner, workers=workers, beam_args=beam_args,
+                               tasks=tasks, budget_per_task=budget_per_task, duplicates=duplicates)
+
+
+def reselect_locked(folder: RunFolder, manifest: dict, budget: float, *, runner: str | None = None,
+                    workers: int | None = None, beam_args: list[str] | None = None, tasks: list[str] | None = None,
+                    budget_per_task: bool | None = None, duplicates: str | None = None,
+                    by: str = "reselect") -> RunSummary:
+    """:func:`run_reselect`'s work, for a caller that holds the folder's lock (``add-task`` too)."""
+    data = dict(manifest["config"], out=folder.path, budget=budget)
+    data.update({k: v for k, v in (("runner", runner), ("workers", workers), ("beam_args", beam_args),
+                                   ("budget_per_task", budget_per_task), ("duplicates", duplicates)) if v is not None})
+    config = SelectConfig(**data)
+    columns = {(None if k == "None" else k): v for k, v in manifest["resolved"]["ranking_columns"].items()}
+    if tasks:
+        missing = set(tasks) - set(columns)
+        if missing:
+            raise ConfigError(f"task(s) {sorted(missing)} not in this run (it has: {', '.join(map(str, columns))})")
+        columns = {t: c for t, c in columns.items() if t in tasks}
+    # The targets the run was scored with, kept in the folder; older runs read the target files.
+    targets = folder.read_targets()
+    if targets is None:
+        targets = read_targets(config.target) if config.target else None
+    targets = targets or None
+    plan = Plan.build(config, targets)
+    ranking = plan.ranking(plan.prepared_from_json(manifest.get("prepared", {})), columns)
+    chunks = (folder.state() or {}).get("chunks")
+    folder.set_state(SELECTING, by=by, chunks=chunks)
+    t0 = time.perf_counter()
+    select_pass(config, ranking)
+    counts = count_outputs(folder.path)
+    check_counts(counts)
+    manifest["config"] = config.model_dump()
+    manifest["resolved"]["budget"] = budget
+    manifest["resolved"]["selected_tasks"] = sorted(str(t) for t in columns)
+    manifest["counts"] = counts
+    manifest["notes"], resolution = run_notes(counts, ranking, config.decontaminate)
+    manifest["resolved"]["selection"] = asdict(resolution)
+    manifest["resolved"]["rule"] = describe_rule(ranking.rule)
+    manifest.setdefault("reselects", []).append({"budget": budget, "by": by, "select_s": time.perf_counter() - t0})
+    manifest["timings"]["reselect_s"] = time.perf_counter() - t0
+    _merge_selection_report(manifest, folder)
+    folder.write_json(MANIFEST, manifest)
+    folder.set_state(FINISHED, by=by, chunks=chunks)
     return RunSummary(folder.path, counts, manifest["timings"], manifest.get("chunks", {}), manifest)

@@ -169,7 +169,7 @@ def models_used(shard_paths: Sequence[str]) -> list[dict]:
 
 
 def shard_table(chunk: ValidChunk, columns: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
-    """The chunk's accepted rows with their scores, not yet selected."""
+    """The chunk's accepted rows with their scores (the selection is written beside it, later)."""
     n = len(chunk.records)
     data: dict[str, Any] = {
         "id": [r["id"] for r in chunk.records],
@@ -177,9 +177,6 @@ def shard_table(chunk: ValidChunk, columns: dict[str, np.ndarray], schema: pa.Sc
         "text": [r["text"] for r in chunk.records],
         "extra": [r["extra"] for r in chunk.records],
         "matches_target": chunk.matches_target,
-        "selected": [False] * n,
-        "rank": [None] * n,
-        "selected_for": [[] for _ in range(n)],
     }
     for f in schema:
         if f.name in data:

@@ -1,10 +1,11 @@
 """The selection pass: a cheap second pipeline over finished shards (scores as columns).
 
 It reads only ids and score columns, finds ids repeated across shards, takes each task's
-top-k through Beam's combiners, merges tasks round-robin with dedupe (RDS+), and rewrites
-each shard's ``selected``/``rank``/``selected_for`` columns. Only ids and scores cross a
-shuffle, never whole records, so memory does not grow with record size. ``tamis reselect``
-runs this pass alone with a new budget.
+top-k through Beam's combiners, merges tasks round-robin with dedupe (RDS+), and writes each
+chunk's selection (``selected``/``rank``/``selected_for``) to a small attribute file beside
+its shard, never into it. Only ids and scores cross a shuffle, never whole records, so memory
+does not grow with record size, and a new selection writes bytes in proportion to the rows,
+not to their text. ``tamis reselect`` runs this pass alone with a new budget.
 """
 from __future__ import annotations
 
@@ -17,14 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..schemas.output import REJECT_SCHEMA
+from ..schemas.output import REJECT_SCHEMA, selection_schema
 from ..schemas.records import record_to_json
 from ..selectors import registry
 from ..selectors.base import RunContext
 from ..selectors.rules import SELECTION_REPORT, Budget, Pick, Resolution, Rule, TableRule, TopK, query_column
-from ..io.filesystems import read_parquet, write_bytes
-from ..io.runfolder import RunFolder, write_parquet
-
+from ..io.filesystems import exists, read_parquet, write_bytes
+from ..io.runfolder import SELECTION, RunFolder, write_parquet
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,15 @@ class Ranking:
         return self.budget.resolve(eligible, self.rule.skip, self.rule.budget_per_task)
 
 
-def read_columns(path: str, columns: list[str]) -> pa.Table:
-    return read_parquet(path, columns)
-
-
 class ShardIds(beam.DoFn):
     """(id, (shard index, row)) for every row: the input to cross-shard duplicate detection."""
 
+    def __init__(self, out: str):
+        self.folder = RunFolder(out)
+
     def process(self, item: tuple[int, str]):
-        index, path = item
-        ids = read_columns(path, ["id"]).column("id").to_pylist()
+        index, chunk = item
+        ids = self.folder.read_chunk(chunk, ["id"], sets=[]).column("id").to_pylist()
         for row, rid in enumerate(ids):
             yield rid, (index, row)
 
@@ -78,8 +77,8 @@ def later_duplicates(item: tuple[str, list[tuple[int, int]]]):
 class ShardCandidates(beam.DoFn):
     """Each shard's own top-k per task (or per target example): partial top-k before the global combine."""
 
-    def __init__(self, ranking: Ranking, k: int):
-        self.ranking, self.k = ranking, k
+    def __init__(self, out: str, ranking: Ranking, k: int):
+        self.folder, self.ranking, self.k = RunFolder(out), ranking, k
 
     def score_lists(self, table: pa.Table):
         """(key, scores) per candidate list: per task, or per (task, target example)."""
@@ -94,11 +93,11 @@ class ShardCandidates(beam.DoFn):
                 yield task, table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
 
     def process(self, item: tuple[int, str], duplicates: list):
-        index, path = item
+        index, chunk = item
         cols = sorted(set(self.ranking.task_columns.values()))
         if self.ranking.rule.over == "queries":
             cols = [query_column(c) for c in cols]
-        table = read_columns(path, ["id", "matches_target", *cols])
+        table = self.folder.read_chunk(chunk, ["id", *self.folder.match_columns(), *cols], score_sets(self.folder))
         eligible = eligible_rows(table, index, self.ranking, duplicates)
         ids = table.column("id").to_pylist()
         for key, scores in self.score_lists(table):
@@ -114,8 +113,10 @@ class ShardCandidates(beam.DoFn):
 def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: list) -> np.ndarray:
     """Rows that may be selected: not a target match (unless allowed), not a later duplicate."""
     eligible = np.ones(table.num_rows, dtype=bool)
-    if ranking.exclude_matches_target:
-        eligible &= ~table.column("matches_target").to_numpy(zero_copy_only=False)
+    if ranking.exclude_matches_target:  # the run's targets, and each added task's (matches_target_<task>)
+        for name in table.column_names:
+            if name.startswith("matches_target"):
+                eligible &= ~table.column(name).to_numpy(zero_copy_only=False)
     for (shard, row), _ in duplicates:
         if shard == index:
             eligible[row] = False
@@ -127,99 +128,123 @@ def merge_selection(top: list[tuple[str | None, list]], ranking: Ranking, eligib
     return ranking.rule.pick({task: [(s, rid) for s, _, rid in items] for task, items in top}, ranking.resolve(eligible))
 
 
-class RewriteShard(beam.DoFn):
-    """Set the selection columns of one shard; move later duplicates of an id to the rejects."""
+def score_sets(folder: RunFolder) -> list[str]:
+    """The attribute sets that hold scores (tasks added later), not the selection being replaced."""
+    return [name for name in folder.attribute_sets() if name != SELECTION]
 
-    def __init__(self, out: str, fields: tuple[str, ...] = ()):
+
+class WriteSelection(beam.DoFn):
+    """Write one chunk's selection beside its shard; move later duplicates of an id to the rejects.
+
+    The shard itself is rewritten only when it holds a later duplicate, which only the first
+    selection of a run can find: after that every id is unique, so a reselect writes the small
+    selection files alone.
+    """
+
+    def __init__(self, out: str, rule_fields: tuple[pa.Field, ...] = ()):
         self.folder = RunFolder(out)
-        self.fields = tuple(fields)  # the driver's selection fields: rewritten in every shard (null unless picked)
+        self.rule_fields = tuple(rule_fields)  # the driver's own selection fields (null unless picked)
 
     def process(self, item: tuple[int, str], selection: dict, duplicates: list):
-        index, path = item
-        table = read_parquet(path)
-        metadata = table.schema.metadata
+        index, chunk = item
         drop = {row: (rid, first) for (shard, row), (rid, first) in duplicates if shard == index}
-        name = path.rsplit("/", 1)[-1]
         if drop:
-            keep = np.ones(table.num_rows, dtype=bool)
-            keep[list(drop)] = False
-            dropped = table.filter(pa.array(~keep))
-            rejects = [{"id": rid, "raw": record_to_json(r), "reason": f"duplicate id (first in shard {first[0]}, row {first[1]})",
-                        "source": f"{name} row {row}"}
-                       for (row, (rid, first)), r in zip(sorted(drop.items()), dropped.to_pylist())]
-            write_parquet(self.folder.reject_path(f"duplicates-{name}"),
-                          pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
-            table = table.filter(pa.array(keep))
-        ids = table.column("id").to_pylist()
+            self.drop_rows(chunk, drop)
+        ids = self.folder.read_chunk(chunk, ["id"], sets=[]).column("id").to_pylist()
         picked = [selection.get(rid) for rid in ids]
-        for field in set(self.fields) | {f for p in picked if p is not None for f in p.fields}:
-            i = table.schema.get_field_index(field)
-            table = table.set_column(i, table.schema.field(field),
-                                     pa.array([p.fields.get(field) if p else None for p in picked], table.schema.field(field).type))
-        table = table.set_column(table.schema.get_field_index("selected"), table.schema.field("selected"),
-                                 pa.array([p is not None for p in picked], pa.bool_()))
-        table = table.set_column(table.schema.get_field_index("rank"), table.schema.field("rank"),
-                                 pa.array([p.rank if p else None for p in picked], pa.int64()))
-        table = table.set_column(table.schema.get_field_index("selected_for"), table.schema.field("selected_for"),
-                                 pa.array([list(p.tasks) if p else [] for p in picked], pa.list_(pa.string())))
-        write_parquet(path, table.replace_schema_metadata(metadata))
-        yield int(pc.sum(table.column("selected")).as_py() or 0)
+        schema = selection_schema(list(self.rule_fields))
+        data = {"id": ids, "selected": [p is not None for p in picked], "rank": [p.rank if p else None for p in picked],
+                "selected_for": [list(p.tasks) if p else [] for p in picked]}
+        for field in self.rule_fields:
+            data[field.name] = [p.fields.get(field.name) if p else None for p in picked]
+        write_parquet(self.folder.attribute_path(SELECTION, chunk),
+                      pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema))
+        yield sum(data["selected"])
+
+    def drop_rows(self, chunk: str, drop: dict) -> None:
+        """Move rows to the rejects (a later duplicate of an id), from the shard and every attribute set."""
+        path = self.folder.shard_path(chunk)
+        table = read_parquet(path)
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[list(drop)] = False
+        dropped = table.filter(pa.array(~keep))
+        name = path.rsplit("/", 1)[-1]
+        rejects = [{"id": rid, "raw": record_to_json(r), "reason": f"duplicate id (first in shard {first[0]}, row {first[1]})",
+                    "source": f"{name} row {row}"}
+                   for (row, (rid, first)), r in zip(sorted(drop.items()), dropped.to_pylist())]
+        write_parquet(self.folder.reject_path(f"duplicates-{name}"), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+        for attribute in self.folder.attribute_sets():
+            other = self.folder.attribute_path(attribute, chunk)
+            if exists(other):
+                part = read_parquet(other)
+                if part.num_rows == table.num_rows:
+                    write_parquet(other, part.filter(pa.array(keep)).replace_schema_metadata(part.schema.metadata))
+        write_parquet(path, table.filter(pa.array(keep)).replace_schema_metadata(table.schema.metadata))
 
 
-def selection_pipeline(p: beam.Pipeline, out: str, shard_paths: list[str], ranking: Ranking, rows: int):
-    """Add the selection pass to pipeline ``p`` over the given shard files (``rows``: all their rows)."""
+def chunk_name(path_or_name: str) -> str:
+    """``part-0000-00001`` from a shard's path or its name."""
+    return path_or_name.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: Ranking, rows: int):
+    """Add the selection pass to pipeline ``p`` over the given chunks (names, or their shards'
+    paths; ``rows``: all their rows)."""
     from apache_beam.transforms import combiners
 
-    shards = p | "Shards" >> beam.Create(list(enumerate(shard_paths)))
+    chunks = [chunk_name(c) for c in chunks]
+    shards = p | "Shards" >> beam.Create(list(enumerate(chunks)))
     duplicates = (shards
-                  | "Ids" >> beam.ParDo(ShardIds())
+                  | "Ids" >> beam.ParDo(ShardIds(out))
                   | "GroupIds" >> beam.GroupByKey()
                   | "LaterDuplicates" >> beam.FlatMap(later_duplicates))
     dup_list = beam.pvalue.AsList(duplicates)
     n_dups = duplicates | "CountDuplicates" >> beam.combiners.Count.Globally()
-    eligible = beam.pvalue.AsSingleton(rows_eligible(shards, ranking, dup_list))
+    eligible = beam.pvalue.AsSingleton(rows_eligible(out, shards, ranking, dup_list))
     if isinstance(ranking.rule, TableRule):
         selection = (shards
-                     | "GatherInputs" >> beam.ParDo(EligibleColumns(ranking), dup_list)
+                     | "GatherInputs" >> beam.ParDo(EligibleColumns(out, ranking), dup_list)
                      | "AllRows" >> beam.combiners.ToList()
-                     | "TableRule" >> beam.Map(table_selection, ranking, shard_paths))
+                     | "TableRule" >> beam.Map(table_selection, ranking, out, chunks))
     else:
         # An upper bound on each task's candidates: the exact k needs the eligible count, which the pipeline computes.
         k_max = max(ranking.budget.upper_bound(rows, ranking.rule.skip), 1)
         top = (shards
-               | "Candidates" >> beam.ParDo(ShardCandidates(ranking, k_max), dup_list)
+               | "Candidates" >> beam.ParDo(ShardCandidates(out, ranking, k_max), dup_list)
                | "TopPerTask" >> combiners.Top.LargestPerKey(k_max)
                | "AllTasks" >> beam.combiners.ToList())
         selection = top | "TopK" >> beam.Map(merge_selection, ranking, eligible)
-    fields = tuple(f.name for f in ranking.rule.fields) if isinstance(ranking.rule, TableRule) else ()
-    written = shards | "Rewrite" >> beam.ParDo(RewriteShard(out, fields), beam.pvalue.AsSingleton(selection), dup_list)
+    fields = tuple(ranking.rule.fields) if isinstance(ranking.rule, TableRule) else ()
+    written = shards | "WriteSelection" >> beam.ParDo(WriteSelection(out, fields), beam.pvalue.AsSingleton(selection),
+                                                      dup_list)
     return written, n_dups
 
 
 class EligibleColumns(beam.DoFn):
-    """A shard's eligible rows, ``id`` and the table rule's input columns only."""
+    """A chunk's eligible rows, ``id`` and the table rule's input columns only."""
 
-    def __init__(self, ranking: Ranking):
-        self.ranking = ranking
+    def __init__(self, out: str, ranking: Ranking):
+        self.folder, self.ranking = RunFolder(out), ranking
 
     def process(self, item: tuple[int, str], duplicates: list):
-        index, path = item
+        index, chunk = item
         columns = ["id", *self.ranking.rule.inputs]
-        table = read_columns(path, sorted(set(columns) | {"matches_target"}))
+        table = self.folder.read_chunk(chunk, sorted(set(columns) | set(self.folder.match_columns())),
+                                       score_sets(self.folder))
         yield table.filter(pa.array(eligible_rows(table, index, self.ranking, duplicates))).select(columns)
 
 
 class ShardRows:
     """Whole records by id, read from the run's shards: for a rule that trains on its picks."""
 
-    def __init__(self, paths: list[str]):
-        self.paths = list(paths)
+    def __init__(self, out: str, chunks: list[str]):
+        self.folder, self.chunks = RunFolder(out), list(chunks)
 
     def __call__(self, ids: list[str]) -> list[dict]:
         wanted = pa.array(sorted(set(ids)), pa.string())
         found: dict[str, dict] = {}
-        for path in self.paths:
-            table = read_columns(path, ["id", "messages", "text", "extra"])
+        for chunk in self.chunks:
+            table = self.folder.read_chunk(chunk, ["id", "messages", "text", "extra"], sets=[])
             for row in table.filter(pc.is_in(table.column("id"), value_set=wanted)).to_pylist():
                 found.setdefault(row["id"], row)  # a later duplicate of an id is never eligible
         missing = [i for i in ids if i not in found]
@@ -228,7 +253,7 @@ class ShardRows:
         return [found[i] for i in ids]
 
 
-def table_selection(tables: list[pa.Table], ranking: Ranking, shard_paths: list[str] = ()) -> dict[str, Pick]:
+def table_selection(tables: list[pa.Table], ranking: Ranking, out: str, chunks: list[str] = ()) -> dict[str, Pick]:
     """Run a :class:`TableRule` over every eligible row; its report goes to ``{work_dir}/selection_report.json``.
 
     The driving selector is rebuilt and set up as on a worker, and declares its rule again: a rule
@@ -241,18 +266,20 @@ def table_selection(tables: list[pa.Table], ranking: Ranking, shard_paths: list[
     selector = registry.create(driver.name, driver.params)
     selector.setup(driver.context, driver.prepared, driver.targets)
     choice = selector.selection_rule().choose(table, ranking.resolve(table.num_rows).rows, driver.context.seed,
-                                              ShardRows(shard_paths))
+                                              ShardRows(out, chunks))
     if choice.report is not None and driver.context.work_dir:
         write_bytes(f"{driver.context.work_dir.rstrip('/')}/{SELECTION_REPORT}", json.dumps(choice.report).encode())
     return choice.picks()
 
 
-def rows_eligible(shards, ranking: Ranking, dup_list):
+def rows_eligible(out: str, shards, ranking: Ranking, dup_list):
     """How many rows may be selected: not a target match, not a later duplicate."""
+    folder = RunFolder(out)
 
     def count(item, duplicates):
-        index, path = item
-        return int(eligible_rows(read_columns(path, ["matches_target"]), index, ranking, duplicates).sum())
+        index, chunk = item
+        table = folder.read_chunk(chunk, folder.match_columns(), score_sets(folder))
+        return int(eligible_rows(table, index, ranking, duplicates).sum())
 
     return (shards | "Eligible" >> beam.Map(count, dup_list)
             | "SumEligible" >> beam.CombineGlobally(sum))

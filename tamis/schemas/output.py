@@ -1,4 +1,4 @@
-"""The one output schema: every shard in ``OUT/shards`` and ``OUT/rejects`` uses these.
+"""The output schemas: shards (``OUT/shards``), the selection beside them, rejects.
 
 Score columns are float32 and named ``score_<selector>_<task>`` (``score_<selector>`` for a
 selector that takes no target); selectors may add further typed columns (a cluster id, a
@@ -21,9 +21,11 @@ RECORD_FIELDS = [
     pa.field("extra", pa.string()),  # every other input field, as JSON text
 ]
 
+# True when the content exactly equals a target example: never selected by default.
+MATCHES_TARGET = pa.field("matches_target", pa.bool_(), nullable=False)
+
+# The selection, kept beside the shards (OUT/attributes/selection): one row per shard row, same order.
 SELECTION_FIELDS = [
-    # True when the content exactly equals a target example: never selected by default.
-    pa.field("matches_target", pa.bool_(), nullable=False),
     pa.field("selected", pa.bool_(), nullable=False),
     pa.field("rank", pa.int64()),  # 1 = best, within the selection; null when not selected
     pa.field("selected_for", pa.list_(pa.string()), nullable=False),
@@ -52,9 +54,14 @@ def score_column(selector: str, task: str | None = None) -> str:
 
 
 def output_schema(extra_fields: list[pa.Field]) -> pa.Schema:
-    """Record fields, then the selectors' columns (in order), then the selection fields."""
+    """A shard: record fields, then the selectors' columns (in order), then ``matches_target``."""
     names = [f.name for f in extra_fields]
-    clash = {f.name for f in RECORD_FIELDS + SELECTION_FIELDS} & set(names)
+    clash = {f.name for f in RECORD_FIELDS + SELECTION_FIELDS + [MATCHES_TARGET]} & set(names)
     if clash or len(set(names)) != len(names):
         raise ValueError(f"selector columns clash: {sorted(clash) or names}")
-    return pa.schema(RECORD_FIELDS + list(extra_fields) + SELECTION_FIELDS)
+    return pa.schema(RECORD_FIELDS + list(extra_fields) + [MATCHES_TARGET])
+
+
+def selection_schema(rule_fields: list[pa.Field] = ()) -> pa.Schema:
+    """A selection attribute file: ``id``, the selection fields, then the rule's own fields."""
+    return pa.schema([RECORD_FIELDS[0], *SELECTION_FIELDS, *rule_fields])

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from tamis.io.runfolder import RunFolder
 from tamis.selectors import registry
 
 from ..conftest import DEMO, demo_records, write_jsonl
@@ -52,8 +52,7 @@ def _param_flags(name: str, params: dict) -> list[str]:
 
 
 def read_run(folder: Path) -> tuple[pa.Table, dict]:
-    shards = sorted((folder / "shards").glob("part-*.parquet"))
-    table = pa.concat_tables(pq.read_table(p) for p in shards).replace_schema_metadata(None)
+    table = RunFolder(str(folder)).read_shards().replace_schema_metadata(None)  # shards joined with the selection
     return table, json.loads((folder / "manifest.json").read_text())
 
 
