@@ -175,7 +175,7 @@ def finished_checkpoints(run_dir: Path) -> list[Checkpoint]:
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 # Part of every training's cache key: the same config trained by another schedule implementation
 # differs in the last bits of its learning rates, so it is another run.
-ENGINE = "tamis-train-v2 (transformers.get_scheduler, torch AdamW.load_state_dict)"
+ENGINE = "tamis-train-v3 (transformers.get_scheduler, torch AdamW.load_state_dict, warm-up < total steps)"
 
 
 def make_scheduler(opt, total: int, config: TrainConfig, start_step: int = 0):
@@ -183,8 +183,11 @@ def make_scheduler(opt, total: int, config: TrainConfig, start_step: int = 0):
     replayed to ``start_step`` when a run resumes: the rate is a function of the step alone."""
     from transformers import get_scheduler
 
-    scheduler = get_scheduler(SCHEDULERS[config.schedule], opt, num_warmup_steps=math.ceil(config.warmup_ratio * total),
-                              num_training_steps=total)
+    # Warm-up steps as Hugging Face counts them (ceil of ratio x total), but never every step: the
+    # first warm-up step has rate 0, so a one-step training (a conditional model on a few targets)
+    # would otherwise not train at all. From two steps on this is exactly the usual count.
+    warmup = min(math.ceil(config.warmup_ratio * total), max(total - 1, 0))
+    scheduler = get_scheduler(SCHEDULERS[config.schedule], opt, num_warmup_steps=warmup, num_training_steps=total)
     with warnings.catch_warnings():  # replaying before any optimizer step is the point here
         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
         for _ in range(start_step):

@@ -298,3 +298,16 @@ def test_llama_style_folder_with_chat_template_warms_up_with_lora(built, pool, t
         (nll.sum() / scored.sum()).backward()
         reference = torch.cat([named[k].grad.reshape(-1) for k in names]).numpy()
         assert np.abs(grads[i] - reference).max() < 1e-5
+
+
+def test_a_one_step_finetune_moves_the_weights(built, cache):
+    """A conditional model fit in one optimizer step (CoLoR-Filter's on a small target set) used to
+    train at learning rate 0: the warm-up's first step has rate 0, and ceil(0.03 x 1) made it the
+    only one. Every score was then prior minus prior, exactly 0."""
+    targets = [{**r, "id": None} for r in make_pool(8, seed=3)]
+    config = TrainConfig(mode="full", epochs=1, batch_size=8, lr=1e-3, warmup_ratio=0.03, max_length=64)
+    tuned = finetune_proxy(built, targets, config, cache_dir=cache, progress=False)
+    assert [c.step for c in tuned.checkpoints] == [1]
+    prior = load_file(str(built.final.path / "model.safetensors"))
+    after = load_file(str(tuned.final.path / "model.safetensors"))
+    assert any(not np.array_equal(prior[k].numpy(), after[k].numpy()) for k in prior)
