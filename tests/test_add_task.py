@@ -67,6 +67,8 @@ def test_an_added_task_scores_bit_for_bit_as_a_fresh_run_and_no_shard_is_rewritt
     picked = tamis.load_selected(str(tmp_path / "grown"), task="animal")
     assert len(picked) > 0 and all("animal" in t for t in picked["selected_for"])
     assert manifest["counts"]["selected"] == 20
+    shown = runner.invoke(app, ["inspect", str(tmp_path / "grown")])
+    assert "tasks: animal (add-task, 32 targets), food (select, 32 targets)" in shown.output, shown.output
 
 
 def test_reselect_writes_the_selection_beside_the_shards_only(tmp_path, pool, targets_dir, tiny_encoder, one_thread):
@@ -151,6 +153,8 @@ def test_an_interrupted_add_task_is_never_served_and_finishes_when_rerun(tmp_pat
     folder.set_state("adding", by="add-task", tasks=["animal"], targets={"animal": digest}, chunks=3)
     with pytest.raises(UnfinishedRunError, match="animal being added.*tamis add-task"):
         tamis.load_selected(str(out))
+    shown = runner.invoke(app, ["inspect", str(out)])
+    assert "unfinished: task(s) animal being added" in shown.output and "tamis add-task" in shown.output, (shown.output, shown.exception)
     summary = tamis.add_task(str(out), {"animal": targets_dir["animal"]})
     assert summary.manifest["tasks"]["animal"]["chunks"] == {"planned": 3, "reused": 1, "computed": 2}
     assert len(tamis.load_selected(str(out), task="animal")) > 0
@@ -165,3 +169,29 @@ def test_add_task_refuses_an_unknown_task_on_reselect(tmp_path, pool, targets_di
     only = tamis.reselect(str(out), 10, tasks=["animal"])
     assert only.counts["selected"] == 10
     assert set(t for ts in tamis.read_run(str(out)).column("selected_for").to_pylist() for t in ts) == {"animal"}
+
+
+def test_a_run_made_before_the_selection_moved_is_read_and_reselected(tmp_path, pool, targets_dir, tiny_encoder,
+                                                                      one_thread):
+    """Runs of manifest version 1 kept selected/rank/selected_for inside the shards: they are read
+    as they are, and a reselect writes the selection beside them, which then wins."""
+    import shutil
+
+    import pyarrow as pa
+
+    out = tmp_path / "old"
+    run(out, pool, targets_dir, tiny_encoder)
+    before = tamis.load_selected(str(out))["id"]
+    folder = RunFolder(str(out))
+    for chunk in folder.chunk_names():  # the version-1 layout: the selection columns inside each shard
+        joined = folder.read_chunk(chunk)
+        shard = pq.read_table(folder.shard_path(chunk))
+        old = pa.table({**{n: shard.column(n) for n in shard.column_names},
+                        **{n: joined.column(n) for n in ("selected", "rank", "selected_for")}})
+        pq.write_table(old.replace_schema_metadata(shard.schema.metadata), folder.shard_path(chunk))
+    shutil.rmtree(out / "attributes")
+    assert tamis.load_selected(str(out))["id"] == before
+    again = tamis.reselect(str(out), 7)
+    assert again.counts["selected"] == 7 and len(tamis.load_selected(str(out))) == 7
+    assert sorted(p.name for p in (out / "attributes" / "selection").glob("*.parquet")) == \
+        sorted(p.name for p in (out / "shards").glob("*.parquet"))

@@ -32,7 +32,7 @@ def _snippet(row: dict, width: int = 90) -> str:
 
 def inspect_run(out: str, top: int, console: Console) -> bool:
     """Print the run; for an unfinished one, say so plainly and what is on disk. True when finished."""
-    from ..io.runfolder import FINISH_HINT, RunFolder
+    from ..io.runfolder import RunFolder
     from ..pipeline.run import count_outputs
 
     folder = RunFolder(out)
@@ -44,13 +44,17 @@ def inspect_run(out: str, top: int, console: Console) -> bool:
                       highlight=False, markup=False, soft_wrap=True)
         c = count_outputs(folder.path)
         console.print(f"  on disk so far: {len(folder.shards())} shards, {c['accepted']} rows scored, "
-                      f"{c['rejected']} rejected; {FINISH_HINT}", highlight=False, markup=False, soft_wrap=True)
+                      f"{c['rejected']} rejected; {folder.finish_hint()}", highlight=False, markup=False, soft_wrap=True)
         return False
     manifest = folder.read_manifest() or {}
     counts = count_outputs(folder.path)
     from . import print_counts
 
     print_counts(counts)
+    tasks = manifest.get("tasks") or {}
+    if tasks:
+        console.print("tasks: " + ", ".join(f"{t} ({info.get('made_by', '?')}, {info.get('targets', '?')} targets)"
+                                            for t, info in sorted(tasks.items())), highlight=False, markup=False)
     table = folder.read_shards()
     ranking = manifest.get("resolved", {}).get("ranking_columns", {})
     score_cols = [f.name for f in table.schema if f.name.startswith("score_")]

@@ -174,11 +174,14 @@ class RunFolder:
                 return []
         return sorted(names)
 
-    def match_columns(self) -> list[str]:
+    def match_columns(self, chunk: str | None = None) -> list[str]:
         """``matches_target`` and each added task's own ``matches_target_<task>``: a row equal to
-        any of the run's target examples is never selected (by default)."""
-        return ["matches_target", *(f"matches_target_{n[len(TASK_PREFIX):]}" for n in self.attribute_sets()
-                                    if n.startswith(TASK_PREFIX))]
+        any of the run's target examples is never selected (by default). With ``chunk``, only the
+        tasks whose file for that chunk is written (an add-task may be under way)."""
+        sets = [n for n in self.attribute_sets() if n.startswith(TASK_PREFIX)]
+        if chunk is not None:
+            sets = [n for n in sets if exists(self.attribute_path(n, chunk))]
+        return ["matches_target", *(f"matches_target_{n[len(TASK_PREFIX):]}" for n in sets)]
 
     def attribute_files(self, name: str) -> list[str]:
         return self._list(f"{ATTRIBUTES}/{name}", "part-", ".parquet")
@@ -399,6 +402,12 @@ class RunFolder:
             return f"task(s) {', '.join(state.get('tasks') or [])} being added"
         return f"no {MANIFEST}"
 
+    def finish_hint(self) -> str:
+        """How to finish this unfinished run: the command that was interrupted, run again."""
+        if (self.state() or {}).get("by") == "add-task":
+            return "rerun the same `tamis add-task` to finish it"
+        return FINISH_HINT
+
     def running_holder(self) -> str | None:
         """The writer named in the lock file, where it still seems alive (for a reader's message)."""
         owner = _parse_owner(read_bytes(self.join(LOCK), missing_ok=True))
@@ -422,9 +431,7 @@ class RunFolder:
         if missing is not None:
             holder = self.running_holder()
             running = f" (a run by {holder} may still be writing it)" if holder else ""
-            by_add_task = (self.state() or {}).get("by") == "add-task"
-            hint = "rerun the same `tamis add-task` to finish it" if by_add_task else FINISH_HINT
-            raise UnfinishedRunError(f"cannot {action} {self.path}: unfinished: {missing}{running}; {hint}")
+            raise UnfinishedRunError(f"cannot {action} {self.path}: unfinished: {missing}{running}; {self.finish_hint()}")
         manifest = self.read_manifest()
         if manifest is None:
             raise RunFolderError(f"{self.join(MANIFEST)} not found: is this a finished tamis run?")

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.filesystems import read_parquet_metadata, use_beam_options
-from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, SELECTION, WORK, RunFolder
+from ..io.filesystems import exists, read_parquet_metadata, use_beam_options
+from ..io.runfolder import FINISHED, MANIFEST, SCORING, SELECTING, SELECTION, SHARDS, WORK, RunFolder
 from ..errors import ConfigError
 from ..schemas.config import SelectConfig
 from ..schemas.records import content_key
@@ -125,12 +125,27 @@ def select_pass(config: SelectConfig, ranking: Ranking) -> dict[str, Any]:
     if not shards:
         return {}
     rows = sum(_shard_meta(p)[0] for p in shards)
+    # Shards never change after the selection that removed their later duplicates: while they are the
+    # same files (names, sizes, times), a new selection skips the search for repeated ids.
+    unique = (folder.read_json(UNIQUE_IDS) or {}).get("shards") == shard_signature(folder)
     # Reading ids and scores is cheap: local worker processes would cost more to start than they save.
     pipeline = beam.Pipeline(options=pipeline_options(config, workers=1))
-    selection_pipeline(pipeline, folder.path, folder.chunk_names(), ranking, rows)
+    selection_pipeline(pipeline, folder.path, folder.chunk_names(), ranking, rows, unique_ids=unique)
     result = pipeline.run()
     result.wait_until_finish()
+    folder.write_json(UNIQUE_IDS, {"shards": shard_signature(folder)})
     return _metrics(result)
+
+
+UNIQUE_IDS = f"{WORK}/unique_ids.json"  # the shards as they were when their ids were last found unique
+
+
+def shard_signature(folder: RunFolder) -> dict[str, list]:
+    """Each shard's name, size and modification time, from one listing."""
+    from ..io.filesystems import TEMP_SUFFIX, list_files
+
+    return {path.rsplit("/", 1)[-1]: [size, mtime] for path, size, mtime in list_files(folder.join(SHARDS))
+            if path.endswith(".parquet") and not path.endswith(TEMP_SUFFIX)}
 
 
 def _shard_meta(path: str) -> tuple[int, int]:
@@ -145,32 +160,26 @@ def _rows_and_lines(meta) -> tuple[int, int]:
 
 
 def count_outputs(out: str) -> dict[str, int]:
-    """Counts read back from the files: the accounting identity is checked on these."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    from ..io.filesystems import read_bytes
-
+    """Counts read back from the files: the accounting identity is checked on these. Only the
+    shards' footers and their small columns are read, never their text."""
     folder = RunFolder(out)
     counts = {"input": 0, "accepted": 0, "rejected": 0, "selected": 0, "matches_target": 0, "duplicates": 0}
+    sets = folder.attribute_sets()
     for chunk in folder.chunk_names():
-        shard = pq.ParquetFile(io.BytesIO(read_bytes(folder.shard_path(chunk))))  # one read: footer and a column
-        rows, lines = _rows_and_lines(shard.metadata)
+        meta = read_parquet_metadata(folder.shard_path(chunk))
+        rows, lines = _rows_and_lines(meta)
         counts["input"] += lines
         counts["accepted"] += rows
-        matches = folder.match_columns()
-        if len(matches) == 1:
-            counts["matches_target"] += sum(shard.read(columns=["matches_target"]).column("matches_target").to_pylist())
-        else:  # tasks added later have their own target matches: a row counts once, whichever it matches
-            table = folder.read_chunk(chunk, matches)
-            counts["matches_target"] += int(np.logical_or.reduce([table.column(c).to_numpy(zero_copy_only=False)
-                                                                  for c in matches]).sum())
-        selection = read_bytes(folder.attribute_path(SELECTION, chunk), missing_ok=True)
-        if selection is not None:
-            counts["selected"] += sum(pq.read_table(io.BytesIO(selection), columns=["selected"]).column("selected").to_pylist())
-        elif "selected" in shard.schema_arrow.names:  # a run made before the selection moved beside the shards
-            counts["selected"] += sum(shard.read(columns=["selected"]).column("selected").to_pylist())
+        # Tasks added later have their own target matches: a row counts once, whichever it matches.
+        wanted = folder.match_columns(chunk) if any(n != SELECTION for n in sets) else ["matches_target"]
+        has_selection = SELECTION in sets and exists(folder.attribute_path(SELECTION, chunk))
+        if has_selection or "selected" in meta.schema.to_arrow_schema().names:  # older runs: inside the shard
+            wanted.append("selected")
+        table = folder.read_chunk(chunk, wanted, sets=[n for n in sets if n != SELECTION or has_selection])
+        matches = [table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names if c.startswith("matches_target")]
+        counts["matches_target"] += int(np.logical_or.reduce(matches).sum()) if rows else 0
+        if "selected" in table.column_names:
+            counts["selected"] += int(np.sum(table.column("selected").to_numpy(zero_copy_only=False)))
     for path in folder.rejects():
         n = read_parquet_metadata(path).num_rows
         counts["rejected"] += n

@@ -99,15 +99,59 @@ class ShardCandidates(beam.DoFn):
             cols = [query_column(c) for c in cols]
         table = self.folder.read_chunk(chunk, ["id", *self.folder.match_columns(), *cols], score_sets(self.folder))
         eligible = eligible_rows(table, index, self.ranking, duplicates)
-        ids = table.column("id").to_pylist()
+        ids = np.array(table.column("id").to_pylist() + [None], dtype=object)[:-1]  # strings, not characters
         for key, scores in self.score_lists(table):
-            ok = eligible & ~np.isnan(scores)
-            rows = np.flatnonzero(ok)
-            if len(rows) > self.k:
-                rows = rows[np.argpartition(-scores[rows], self.k - 1)[: self.k]]
-            for row in rows:
-                # Ties break by input position (earlier wins), so the selection is deterministic.
-                yield key, (float(scores[row]), (-index, -int(row)), ids[row])
+            rows = np.flatnonzero(eligible & ~np.isnan(scores))
+            found = Candidates(scores[rows], np.full(len(rows), index, dtype=np.int64), rows.astype(np.int64),
+                               ids[rows])
+            yield key, found.best(self.k)  # one element per shard and key: no per-row cost in the shuffle
+
+
+@dataclass
+class Candidates:
+    """Rows competing for a task, as arrays: the shuffle carries one of these per shard, not a
+    tuple per row. Best first means the highest score, ties to the earlier input position."""
+
+    scores: np.ndarray  # float64
+    shard: np.ndarray  # int64: the shard's position among the run's shards
+    row: np.ndarray  # int64: the row within its shard
+    ids: np.ndarray  # object: the rows' ids
+
+    def best(self, k: int) -> "Candidates":
+        order = np.lexsort((self.row, self.shard, -self.scores))[:k]
+        return Candidates(self.scores[order], self.shard[order], self.row[order], self.ids[order])
+
+    @staticmethod
+    def concat(parts: list["Candidates"]) -> "Candidates":
+        parts = [p for p in parts if len(p.ids)]
+        if not parts:
+            return Candidates(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, dtype=object))
+        if len(parts) == 1:
+            return parts[0]
+        return Candidates(np.concatenate([p.scores for p in parts]), np.concatenate([p.shard for p in parts]),
+                          np.concatenate([p.row for p in parts]), np.concatenate([p.ids for p in parts]))
+
+    def items(self) -> list[tuple[float, str]]:
+        return list(zip(self.scores.tolist(), self.ids.tolist()))
+
+
+class TopCandidates(beam.CombineFn):
+    """The best ``k`` of every shard's candidates for one key (a task, or a target example)."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def create_accumulator(self) -> Candidates:
+        return Candidates.concat([])
+
+    def add_input(self, acc: Candidates, found: Candidates) -> Candidates:
+        return Candidates.concat([acc, found]).best(self.k)
+
+    def merge_accumulators(self, accs) -> Candidates:
+        return Candidates.concat(list(accs)).best(self.k)
+
+    def extract_output(self, acc: Candidates) -> Candidates:
+        return acc
 
 
 def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: list) -> np.ndarray:
@@ -123,9 +167,9 @@ def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: lis
     return eligible
 
 
-def merge_selection(top: list[tuple[str | None, list]], ranking: Ranking, eligible: int) -> dict[str, Pick]:
-    """The rule's picks from each task's global candidates (score, tie key, id), best first."""
-    return ranking.rule.pick({task: [(s, rid) for s, _, rid in items] for task, items in top}, ranking.resolve(eligible))
+def merge_selection(top: list[tuple[str | None, Candidates]], ranking: Ranking, eligible: int) -> dict[str, Pick]:
+    """The rule's picks from each task's global candidates, best first."""
+    return ranking.rule.pick({task: found.items() for task, found in top}, ranking.resolve(eligible))
 
 
 def score_sets(folder: RunFolder) -> list[str]:
@@ -187,17 +231,20 @@ def chunk_name(path_or_name: str) -> str:
     return path_or_name.rsplit("/", 1)[-1].removesuffix(".parquet")
 
 
-def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: Ranking, rows: int):
+def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: Ranking, rows: int,
+                       unique_ids: bool = False):
     """Add the selection pass to pipeline ``p`` over the given chunks (names, or their shards'
-    paths; ``rows``: all their rows)."""
-    from apache_beam.transforms import combiners
-
+    paths; ``rows``: all their rows). ``unique_ids``: the shards are known to repeat no id (an
+    earlier selection removed the repeats and they have not changed since), so none is searched for."""
     chunks = [chunk_name(c) for c in chunks]
     shards = p | "Shards" >> beam.Create(list(enumerate(chunks)))
-    duplicates = (shards
-                  | "Ids" >> beam.ParDo(ShardIds(out))
-                  | "GroupIds" >> beam.GroupByKey()
-                  | "LaterDuplicates" >> beam.FlatMap(later_duplicates))
+    if unique_ids:
+        duplicates = p | "NoDuplicates" >> beam.Create([])
+    else:
+        duplicates = (shards
+                      | "Ids" >> beam.ParDo(ShardIds(out))
+                      | "GroupIds" >> beam.GroupByKey()
+                      | "LaterDuplicates" >> beam.FlatMap(later_duplicates))
     dup_list = beam.pvalue.AsList(duplicates)
     n_dups = duplicates | "CountDuplicates" >> beam.combiners.Count.Globally()
     eligible = beam.pvalue.AsSingleton(rows_eligible(out, shards, ranking, dup_list))
@@ -211,7 +258,7 @@ def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: R
         k_max = max(ranking.budget.upper_bound(rows, ranking.rule.skip), 1)
         top = (shards
                | "Candidates" >> beam.ParDo(ShardCandidates(out, ranking, k_max), dup_list)
-               | "TopPerTask" >> combiners.Top.LargestPerKey(k_max)
+               | "TopPerTask" >> beam.CombinePerKey(TopCandidates(k_max))
                | "AllTasks" >> beam.combiners.ToList())
         selection = top | "TopK" >> beam.Map(merge_selection, ranking, eligible)
     fields = tuple(ranking.rule.fields) if isinstance(ranking.rule, TableRule) else ()

@@ -118,6 +118,15 @@ def test_selector_on_a_shared_nothing_cluster_matches_the_direct_runner(name, cl
     assert sum(u["shards"] for u in remote_manifest["worker_models"]) == POOL_ROWS // SHARD_ROWS
     assert cluster.worker_log(log_from).count("Starting worker with command") >= WORKERS
 
+    if name == "rds":  # a task added on the cluster: the workers read the run's shards and its stored features
+        added = subprocess.run([sys.executable, "-m", "tamis", "add-task", out, "--target", f"again={s3['targets']['food']}",
+                                *cluster.beam_args], capture_output=True, text=True, env=env, timeout=600)
+        assert added.returncode == 0, added.stderr[-2500:]
+        grown = RunFolder(str(cluster.s3.download(key, tmp_path / "grown_out"))).read_shards()
+        # The same target examples under a new name: the same scores, bit for bit, from the cluster's workers.
+        assert grown.column("score_rds_again").equals(grown.column("score_rds_food"))
+        assert grown.column("score_rds_food").equals(remote_table.column("score_rds_food"))
+
 
 
 KILL_ROWS, KILL_SHARD_ROWS = 600, 50
