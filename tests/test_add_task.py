@@ -195,3 +195,14 @@ def test_a_run_made_before_the_selection_moved_is_read_and_reselected(tmp_path, 
     assert again.counts["selected"] == 7 and len(tamis.load_selected(str(out))) == 7
     assert sorted(p.name for p in (out / "attributes" / "selection").glob("*.parquet")) == \
         sorted(p.name for p in (out / "shards").glob("*.parquet"))
+
+
+def test_a_deleted_selection_file_is_refused_not_read_as_unselected(tmp_path, pool, targets_dir, tiny_encoder,
+                                                                    one_thread):
+    out = tmp_path / "r"
+    run(out, pool, targets_dir, tiny_encoder)
+    next((out / "attributes" / "selection").glob("*.parquet")).unlink()
+    with pytest.raises(RunFolderError, match="selection of this shard was deleted.*tamis reselect"):
+        tamis.load_selected(str(out))
+    tamis.reselect(str(out), 20)  # writes it again
+    assert len(tamis.load_selected(str(out))) == 20

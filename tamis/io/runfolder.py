@@ -202,6 +202,9 @@ class RunFolder:
             path = self.attribute_path(name, chunk)
             if exists(path):
                 parts.append((path, read_parquet(path)))
+            elif name == SELECTION:  # every shard has one once a selection ran: a missing one was deleted
+                raise RunFolderError(f"{path} is missing (the selection of this shard was deleted): run "
+                                     f"`tamis reselect {self.path} --budget ...` to write it again")
         provided = {c for _, t in parts for c in t.column_names if c != "id"}
         wanted = None if columns is None else list(dict.fromkeys(["id", *(c for c in columns if c not in provided)]))
         table = read_parquet(self.shard_path(chunk), wanted)
