@@ -30,7 +30,7 @@ from .artifacts import prepare_for_workers
 from .chunks import ValidChunk
 from .options import check_options, pipeline_options
 from .plan import Plan, target_digests
-from .scoring import SelectorModelHandler, score_chunk
+from .scoring import SelectorModelHandler, report_counters, score_chunk
 from .sources import read_targets
 
 MATCH_PREFIX = "matches_target_"  # a task's own decontamination column, in its attribute files
@@ -74,6 +74,7 @@ class ScoreForTasks(beam.DoFn):
         chunk, matches = item
         context = self.handler._context
         kept, columns = score_chunk(self.model, chunk, context.score_attempts, context.retry_backoff_s)
+        report_counters(self.model)  # features reused from the store, and computed
         if len(kept.records) != len(chunk.records):
             position = {r["id"]: i for i, r in enumerate(kept.records)}
             full = {}
