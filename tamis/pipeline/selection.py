@@ -136,22 +136,30 @@ class Candidates:
 
 
 class TopCandidates(beam.CombineFn):
-    """The best ``k`` of every shard's candidates for one key (a task, or a target example)."""
+    """The best ``k`` of every shard's candidates for one key (a task, or a target example).
+
+    Blocks are kept as they come and cut to the best ``k`` only when they hold twice that many,
+    so a large budget sorts a few times in all, not once per shard."""
 
     def __init__(self, k: int):
         self.k = k
 
-    def create_accumulator(self) -> Candidates:
-        return Candidates.concat([])
+    def create_accumulator(self) -> list[Candidates]:
+        return []
 
-    def add_input(self, acc: Candidates, found: Candidates) -> Candidates:
-        return Candidates.concat([acc, found]).best(self.k)
+    def _compact(self, parts: list[Candidates]) -> list[Candidates]:
+        if sum(len(p.ids) for p in parts) > 2 * self.k:
+            return [Candidates.concat(parts).best(self.k)]
+        return parts
 
-    def merge_accumulators(self, accs) -> Candidates:
-        return Candidates.concat(list(accs)).best(self.k)
+    def add_input(self, acc: list[Candidates], found: Candidates) -> list[Candidates]:
+        return self._compact([*acc, found])
 
-    def extract_output(self, acc: Candidates) -> Candidates:
-        return acc
+    def merge_accumulators(self, accs) -> list[Candidates]:
+        return self._compact([p for acc in accs for p in acc])
+
+    def extract_output(self, acc: list[Candidates]) -> Candidates:
+        return Candidates.concat(acc).best(self.k)
 
 
 def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: list) -> np.ndarray:
@@ -167,9 +175,26 @@ def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: lis
     return eligible
 
 
-def merge_selection(top: list[tuple[str | None, Candidates]], ranking: Ranking, eligible: int) -> dict[str, Pick]:
+def merge_selection(top: list[tuple[str | None, Candidates]], ranking: Ranking, eligible: int) -> pa.Table:
     """The rule's picks from each task's global candidates, best first."""
-    return ranking.rule.pick({task: found.items() for task, found in top}, ranking.resolve(eligible))
+    picks = ranking.rule.pick({task: found.items() for task, found in top}, ranking.resolve(eligible))
+    return picks_table(picks, rule_fields(ranking))
+
+
+def rule_fields(ranking: Ranking) -> tuple[pa.Field, ...]:
+    """The driving rule's own selection fields (kMQ's round), or none."""
+    return tuple(ranking.rule.fields) if isinstance(ranking.rule, TableRule) else ()
+
+
+def picks_table(picks: dict[str, Pick], fields: tuple[pa.Field, ...] = ()) -> pa.Table:
+    """The picks as one table (id, rank, selected_for, the rule's fields): it goes to every shard's
+    writer as a side input, which a dict of a million small objects would make slow to pass."""
+    ids = list(picks)
+    data = {"id": pa.array(ids, pa.string()), "rank": pa.array([picks[i].rank for i in ids], pa.int64()),
+            "selected_for": pa.array([list(picks[i].tasks) for i in ids], pa.list_(pa.string()))}
+    for f in fields:
+        data[f.name] = pa.array([picks[i].fields.get(f.name) for i in ids], f.type)
+    return pa.table(data)
 
 
 def score_sets(folder: RunFolder) -> list[str]:
@@ -189,21 +214,32 @@ class WriteSelection(beam.DoFn):
         self.folder = RunFolder(out)
         self.rule_fields = tuple(rule_fields)  # the driver's own selection fields (null unless picked)
 
-    def process(self, item: tuple[int, str], selection: dict, duplicates: list):
+    def process(self, item: tuple[int, str], selection: pa.Table, duplicates: list):
         index, chunk = item
         drop = {row: (rid, first) for (shard, row), (rid, first) in duplicates if shard == index}
         if drop:
             self.drop_rows(chunk, drop)
-        ids = self.folder.read_chunk(chunk, ["id"], sets=[]).column("id").to_pylist()
-        picked = [selection.get(rid) for rid in ids]
+        ids = self.folder.read_chunk(chunk, ["id"], sets=[]).column("id")
+        where = pc.index_in(ids, value_set=selection.column("id"))  # null: not selected
+        selected = pc.is_valid(where)
         schema = selection_schema(list(self.rule_fields))
-        data = {"id": ids, "selected": [p is not None for p in picked], "rank": [p.rank if p else None for p in picked],
-                "selected_for": [list(p.tasks) if p else [] for p in picked]}
-        for field in self.rule_fields:
-            data[field.name] = [p.fields.get(field.name) if p else None for p in picked]
+        n = len(ids)
+        if selection.num_rows and n:
+            picked = selection.take(pc.fill_null(where, 0))  # each row's pick (any, where not selected)
+            tasks = picked.column("selected_for").to_pylist()
+            columns = {"rank": pc.if_else(selected, picked.column("rank"), pa.scalar(None, pa.int64())),
+                       "selected_for": pa.array([t if ok else [] for t, ok in zip(tasks, selected.to_pylist())],
+                                                pa.list_(pa.string()))}
+            for field in self.rule_fields:
+                columns[field.name] = pc.if_else(selected, picked.column(field.name).cast(field.type),
+                                                 pa.scalar(None, field.type))
+        else:
+            columns = {"rank": pa.nulls(n, pa.int64()), "selected_for": pa.array([[]] * n, pa.list_(pa.string())),
+                       **{f.name: pa.nulls(n, f.type) for f in self.rule_fields}}
+        columns.update({"id": ids, "selected": selected})
         write_parquet(self.folder.attribute_path(SELECTION, chunk),
-                      pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema))
-        yield sum(data["selected"])
+                      pa.table([columns[f.name] for f in schema], schema=schema))
+        yield int(pc.sum(selected).as_py() or 0)
 
     def drop_rows(self, chunk: str, drop: dict) -> None:
         """Move rows to the rejects (a later duplicate of an id), from the shard and every attribute set."""
@@ -261,9 +297,8 @@ def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: R
                | "TopPerTask" >> beam.CombinePerKey(TopCandidates(k_max))
                | "AllTasks" >> beam.combiners.ToList())
         selection = top | "TopK" >> beam.Map(merge_selection, ranking, eligible)
-    fields = tuple(ranking.rule.fields) if isinstance(ranking.rule, TableRule) else ()
-    written = shards | "WriteSelection" >> beam.ParDo(WriteSelection(out, fields), beam.pvalue.AsSingleton(selection),
-                                                      dup_list)
+    written = shards | "WriteSelection" >> beam.ParDo(WriteSelection(out, rule_fields(ranking)),
+                                                      beam.pvalue.AsSingleton(selection), dup_list)
     return written, n_dups
 
 
@@ -300,7 +335,7 @@ class ShardRows:
         return [found[i] for i in ids]
 
 
-def table_selection(tables: list[pa.Table], ranking: Ranking, out: str, chunks: list[str] = ()) -> dict[str, Pick]:
+def table_selection(tables: list[pa.Table], ranking: Ranking, out: str, chunks: list[str] = ()) -> pa.Table:
     """Run a :class:`TableRule` over every eligible row; its report goes to ``{work_dir}/selection_report.json``.
 
     The driving selector is rebuilt and set up as on a worker, and declares its rule again: a rule
@@ -309,14 +344,14 @@ def table_selection(tables: list[pa.Table], ranking: Ranking, out: str, chunks: 
     driver = ranking.driver
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
-        return {}
+        return picks_table({}, rule_fields(ranking))
     selector = registry.create(driver.name, driver.params)
     selector.setup(driver.context, driver.prepared, driver.targets)
     choice = selector.selection_rule().choose(table, ranking.resolve(table.num_rows).rows, driver.context.seed,
                                               ShardRows(out, chunks))
     if choice.report is not None and driver.context.work_dir:
         write_bytes(f"{driver.context.work_dir.rstrip('/')}/{SELECTION_REPORT}", json.dumps(choice.report).encode())
-    return choice.picks()
+    return picks_table(choice.picks(), rule_fields(ranking))
 
 
 def rows_eligible(out: str, shards, ranking: Ranking, dup_list):
