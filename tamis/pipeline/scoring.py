@@ -20,7 +20,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from ..io.runfolder import RunFolder, write_parquet
 from ..schemas.output import REJECT_SCHEMA
 from ..selectors import registry
-from ..selectors.base import RunContext, Selector
+from ..selectors.base import RunContext, Selector, score_batch
 from .artifacts import localize_prepared
 from .chunks import NAMESPACE, ValidChunk
 
@@ -83,10 +83,8 @@ def report_counters(model: LoadedSelectors) -> None:
 
 
 def _score_all(model: Sequence[Selector], records: list[dict]) -> dict[str, np.ndarray]:
-    columns: dict[str, np.ndarray] = {}
-    for selector in model:
-        columns.update(selector.score(records))
-    return columns
+    """Every selector's columns; pool features through the feature store, shared by equal specs."""
+    return score_batch(model, records)
 
 
 def _with_retries(fn, attempts: int, backoff_s: float):
