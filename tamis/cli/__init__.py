@@ -338,6 +338,11 @@ def _register_optional() -> None:
     app.command("train-proxy")(train_proxy)
 
 
+from .store import store_app  # noqa: E402  (the `tamis store` group: du, prune)
+
+app.add_typer(store_app, name="store")
+
+
 _register_optional()
 
 

@@ -237,3 +237,54 @@ def embedding_spec(model: str, pooling: str, text: str, max_length: int, dtype: 
     local = localize(model)
     return {"kind": "embedding", **model_identity(model), "pooling": resolve_pooling(local, pooling, trust_remote_code),
             "text": text, "max_length": max_length, "dtype": dtype}
+
+
+# -- size and pruning, for ``tamis store`` ---------------------------------------------------------
+def entry_meta(path: str) -> dict | None:
+    """The record an entry carries (kind, spec, spec digest, rows, created), read without its
+    arrays; None for a damaged or legacy file."""
+    try:
+        with filesystems.open_read(path) as f, zipfile.ZipFile(f) as z:
+            return json.loads(str(np.load(io.BytesIO(z.read(META + ".npy")), allow_pickle=False)))
+    except Exception:  # noqa: BLE001 - a file that cannot be read is reported, never a crash
+        return None
+
+
+def usage(store: FeatureStore, rows: bool = True) -> dict[str, dict]:
+    """Per kind: entries, bytes, rows (from each entry's record, with ``rows``), oldest and newest."""
+    out: dict[str, dict] = {}
+    for e in store.entries():
+        kind = out.setdefault(e.kind, {"entries": 0, "bytes": 0, "rows": 0, "unreadable": 0,
+                                       "oldest": e.mtime, "newest": e.mtime})
+        kind["entries"] += 1
+        kind["bytes"] += e.size
+        kind["oldest"], kind["newest"] = min(kind["oldest"], e.mtime), max(kind["newest"], e.mtime)
+        if rows and e.kind != "legacy":
+            meta = entry_meta(e.path)
+            if meta is None:
+                kind["unreadable"] += 1
+            else:
+                kind["rows"] += int(meta.get("rows", 0))
+    return dict(sorted(out.items()))
+
+
+def prune_plan(store: FeatureStore, *, older_than_days: float | None = None, kinds: Iterable[str] = (),
+               max_bytes: int | None = None, now: float | None = None) -> list[Entry]:
+    """The entries to delete: of the given kinds (all when none is given), those written more than
+    ``older_than_days`` ago, then the oldest of the rest until the store fits ``max_bytes``."""
+    now = time.time() if now is None else now
+    kinds = set(kinds)
+    entries = store.entries()
+    chosen = [e for e in entries if not kinds or e.kind in kinds]
+    doomed = [e for e in chosen if older_than_days is not None and now - e.mtime > older_than_days * 86400]
+    if older_than_days is None and max_bytes is None:
+        doomed = list(chosen)  # --kind alone: the whole kind
+    if max_bytes is not None:
+        gone = {e.path for e in doomed}
+        total = sum(e.size for e in entries if e.path not in gone)
+        for e in sorted((e for e in chosen if e.path not in gone), key=lambda e: (e.mtime, e.path)):
+            if total <= max_bytes:
+                break
+            doomed.append(e)
+            total -= e.size
+    return sorted(doomed, key=lambda e: e.path)

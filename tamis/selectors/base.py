@@ -102,6 +102,27 @@ def open_feature_store(context: RunContext, override: str | None = None):
     return FeatureStore(root, dtype=context.feature_dtype)
 
 
+def stored_features(store, spec: dict, records: list[dict], featurize, dtype: str = "float32"
+                    ) -> tuple[dict[str, np.ndarray], bool]:
+    """(features of ``records``, whether the store had them): from ``store`` (a FeatureStore, or
+    None for none), else ``featurize(records)`` in the stored form, then stored. ``prepare`` steps
+    use it too (kmeans embeds its fitting sample through it)."""
+    from ..models.features import stored_form
+
+    if store is not None:
+        key = store.key(spec, records)
+        found = store.load(spec["kind"], key, len(records))
+        if found is not None:
+            return found, True
+    features = stored_form(featurize(records), store.dtype if store is not None else dtype)
+    bad = {name: len(a) for name, a in features.items() if len(a) != len(records)}
+    if bad:
+        raise ValueError(f"featurize returned {bad} rows for {len(records)} records")
+    if store is not None and records:
+        store.save(spec["kind"], key, features, spec, len(records))
+    return features, False
+
+
 def score_batch(selectors: "Iterable[Selector]", records: list[dict]) -> dict[str, np.ndarray]:
     """Every selector's columns for one batch. Selectors whose feature specs are equal (say
     ``rds`` and ``kmeans`` with one embedder and ``kmeans.text=all``) share one ``featurize``
@@ -324,25 +345,10 @@ class Selector:
 
     def pool_features(self, records: list[dict]) -> dict[str, np.ndarray]:
         """The batch's features from the store, else featurized, cast to the stored form and stored."""
-        from ..models.features import stored_form
-
-        spec = self.feature_spec()
-        store = getattr(self, "feature_store_", None)
-        dtype = store.dtype if store is not None else getattr(getattr(self, "context_", None), "feature_dtype",
-                                                              "float32")
-        if store is not None:
-            key = store.key(spec, records)
-            found = store.load(spec["kind"], key, len(records))
-            if found is not None:
-                self.count_features("features_reused", len(records))
-                return found
-        features = stored_form(self.featurize(records), dtype)
-        bad = {name: len(a) for name, a in features.items() if len(a) != len(records)}
-        if bad:
-            raise ValueError(f"{self.name}: featurize returned {bad} rows for {len(records)} records")
-        if store is not None and records:
-            store.save(spec["kind"], key, features, spec, len(records))
-        self.count_features("features_computed", len(records))
+        dtype = getattr(getattr(self, "context_", None), "feature_dtype", "float32")
+        features, found = stored_features(getattr(self, "feature_store_", None), self.feature_spec(), records,
+                                          self.featurize, dtype)
+        self.count_features("features_reused" if found else "features_computed", len(records))
         return features
 
     def count_features(self, counter: str, rows: int) -> None:

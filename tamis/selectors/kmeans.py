@@ -63,7 +63,7 @@ from ..models.records import render, user_text
 from ..models.stats import mean_token_loss
 from ..models.train import train_proxy
 from ..schemas.proxy import ProxyModelConfig, TrainConfig
-from .base import PoolSample, Prepared, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector, open_feature_store, stored_features
 from .rules import ClusterQuotas
 
 
@@ -192,10 +192,17 @@ class KMeansSelector(Selector):
         prepared: dict = {}
         key = content_hash({"slice": slice_digest(fit_rows), "k": k, "seed": context.seed,
                             **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
-                            "model_sha256": fingerprint(self.model), "max_length": context.max_length})[:16]
+                            "model_sha256": fingerprint(self.model), "max_length": context.max_length,
+                            # float16 features round the vectors the centroids are fitted on
+                            **({"feature_dtype": context.feature_dtype} if context.feature_dtype != "float32" else {})
+                            })[:16]
         path = f"{context.work_dir.rstrip('/')}/kmeans-{key}.safetensors" if context.work_dir else None
         if path is None or not filesystems.exists(path):  # a resumed run reuses its centroids
-            vectors = self._embed(self._embedder(context), fit_rows)
+            spec = embedding_spec(self.model, self.pooling, self.text, context.max_length, context.dtype,
+                                  self.trust_remote_code)
+            embed = lambda rows: {"embedding": self._embed(self._embedder(context), rows)}  # noqa: E731
+            found, _ = stored_features(open_feature_store(context), spec, fit_rows, embed, context.feature_dtype)
+            vectors = np.ascontiguousarray(found["embedding"], dtype=np.float32)  # another run's sample embeddings
             km = faiss.Kmeans(vectors.shape[1], k, niter=self.niter, nredo=self.nredo, seed=context.seed,
                               verbose=False)
             km.train(vectors)
