@@ -41,7 +41,9 @@ from .demo import demo_dir
 from .selectors import PoolSample, Prepared, RunContext, Selector
 from .selectors.rules import Rule, TableRule
 
-CONTEXT = RunContext(max_length=64, batch_tokens=2048)
+# No feature store but the one check_feature_store makes in a temporary folder: the checks
+# leave nothing in the user's cache.
+CONTEXT = RunContext(max_length=64, batch_tokens=2048, feature_store="none")
 
 
 def demo_records(n: int) -> list[dict]:

@@ -211,3 +211,25 @@ def test_store_du_and_prune(pool, targets_dir, tmp_path, tiny_encoder):
     assert (store / "embedding" / "readme.npz").exists()
     bad = runner.invoke(app, ["store", "prune", str(store), "--max-size", "lots"])
     assert bad.exit_code != 0 and "--max-size" in bad.output
+
+
+def test_prune_deletes_only_the_store_s_entries(tmp_path):
+    """LESS's first store (ROOT/ab/<key>.npy) is listed as kind legacy; nothing else is ever an entry."""
+    from tamis.models.features import Entry
+
+    store = FeatureStore(tmp_path / "store")
+    legacy = tmp_path / "store" / "ab" / ("ab" + "0" * 62 + ".npy")
+    legacy.parent.mkdir(parents=True)
+    np.save(legacy, np.zeros((3, 4), np.float32))
+    store.save("embedding", "cd" + "1" * 62, {"embedding": np.ones((2, 3), np.float32)}, {"kind": "embedding"}, 2)
+    (tmp_path / "store" / "ab" / "notes.npy").write_bytes(b"")
+    outside = tmp_path / "elsewhere" / "embedding" / "cd" / ("cd" + "1" * 62 + ".npz")
+    outside.parent.mkdir(parents=True)
+    outside.write_bytes(b"x")
+    assert sorted(e.kind for e in store.entries()) == ["embedding", "legacy"]
+    with pytest.raises(ValueError, match="not an entry"):
+        store.delete([Entry(str(outside), "embedding", 1, 0.0)])
+    result = CliRunner().invoke(app, ["store", "prune", str(tmp_path / "store"), "--kind", "legacy", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert not legacy.exists() and outside.exists() and (tmp_path / "store" / "ab" / "notes.npy").exists()
+    assert [e.kind for e in store.entries()] == ["embedding"]

@@ -137,7 +137,9 @@ def score_batch(selectors: "Iterable[Selector]", records: list[dict]) -> dict[st
             columns.update(selector.score(records))
             continue
         store = getattr(selector, "feature_store_", None)
-        key = (spec_digest(spec), store.dtype if store is not None else selector.context_.feature_dtype)
+        dtype = store.dtype if store is not None else getattr(getattr(selector, "context_", None), "feature_dtype",
+                                                              "float32")
+        key = (spec_digest(spec), dtype)
         if key in shared:
             features = shared[key]
             selector.count_features("features_reused", len(records))
