@@ -153,6 +153,7 @@ class ColorFilterSelector(Selector):
     # -- scoring (per worker) -----------------------------------------------------------------------
     def setup(self, context: RunContext, prepared=None, targets=None) -> None:
         super().setup(context, prepared, targets)
+        self.spec_ = None
         if prepared is None:
             raise ValueError("color: nothing prepared (run prepare() first: it trains the proxies)")
         missing = set(self.tasks_) - set(prepared.conditional)
@@ -168,8 +169,10 @@ class ColorFilterSelector(Selector):
 
     def feature_spec(self) -> dict:
         """The prior's per-row mean token loss: the target-independent half of the score."""
-        return {"kind": "prior-loss", "prior": proxy_identity(self.prepared_.prior),
-                "max_length": self.context_.max_length, "dtype": self.context_.dtype}
+        if getattr(self, "spec_", None) is None:  # a pretrained prior is hashed once per worker
+            self.spec_ = {"kind": "prior-loss", "prior": proxy_identity(self.prepared_.prior),
+                          "max_length": self.context_.max_length, "dtype": self.context_.dtype}
+        return self.spec_
 
     def encode(self, records: list[dict]):
         # Prior and conditionals share the prior's tokenizer (the paper's pitfall: same tokenizer and chunking).

@@ -168,6 +168,7 @@ class _DifficultySelector(Selector):
         if kind not in ("classification", "lm", "none"):
             raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
         self.loaded_ = False  # the proxies or heads load at the first batch the feature store lacks
+        self.spec_ = None
 
     def load(self) -> None:
         prepared = self.prepared_
@@ -183,17 +184,17 @@ class _DifficultySelector(Selector):
     def feature_spec(self) -> dict | None:
         """The score itself (it needs no target), kind ``el2n`` or ``grand``; None for an empty pool."""
         prepared = self.prepared_
+        if prepared.data_kind == "none" or getattr(self, "spec_", None) is not None:
+            return self.spec_
         common = {"kind": self.name, "data_kind": prepared.data_kind, "max_length": self.context_.max_length,
                   "dtype": self.context_.dtype}
         if prepared.data_kind == "classification":
-            if getattr(self, "spec_", None) is None:
-                self.spec_ = {**common, "heads": prepared.key, "embedder": model_identity(self.embedder),
-                              "pooling": self.pooling}
-            return self.spec_
-        if prepared.data_kind == "lm":
-            return {**common, "proxies": [proxy_identity(ref) for ref in prepared.proxies],
-                    "params": self.grad_params()}
-        return None
+            self.spec_ = {**common, "heads": prepared.key, "embedder": model_identity(self.embedder),
+                          "pooling": self.pooling}
+        else:  # a given model's proxies are hashed once per worker
+            self.spec_ = {**common, "proxies": [proxy_identity(ref) for ref in prepared.proxies],
+                          "params": self.grad_params()}
+        return self.spec_
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         if self.prepared_.data_kind == "none":  # nothing was prepared: the pool had no valid row

@@ -310,6 +310,7 @@ class IRTSelector(Selector):
         super().setup(context, prepared, targets)
         if prepared is None:
             raise ValueError("irt: nothing prepared (run prepare() first: it builds the crowd)")
+        self.spec_ = None
         self.edges_ = np.asarray(prepared.stage_edges, dtype=np.float64)
         if prepared.source == "responses":
             table = pq.read_table(prepared.items_path)
