@@ -77,9 +77,10 @@ def test_a_second_run_reuses_every_stored_feature_and_scores_the_same_bits(name,
     assert np.isfinite(a[next(k for k in a if k.startswith("score_"))].astype(float)).sum() >= rows - 5
 
 
-def test_rds_and_kmeans_with_one_rendering_embed_each_row_once(pool, targets_dir, tmp_path):
+def test_rds_and_kmeans_with_one_rendering_embed_each_row_once(pool, targets_dir, tmp_path, tiny_encoder):
     store = tmp_path / "store"
-    both = run(pool, tmp_path / "a", store, ["rds", "kmeans"], targets_dir, params={"kmeans.text": "all"})
+    models = {"rds.model": tiny_encoder, "kmeans.model": tiny_encoder}
+    both = run(pool, tmp_path / "a", store, ["rds", "kmeans"], targets_dir, params={**models, "kmeans.text": "all"})
     metrics, rows = both.manifest["metrics"], both.counts["accepted"]
     assert metrics["rds_features_computed"] == rows and metrics["kmeans_features_reused"] == rows
     assert "kmeans_features_computed" not in metrics and "rds_features_reused" not in metrics
@@ -87,10 +88,10 @@ def test_rds_and_kmeans_with_one_rendering_embed_each_row_once(pool, targets_dir
     assert {e.kind for e in entries} == {"embedding"}
     assert len(entries) == 4  # one per chunk, and kmeans's fitting sample (the whole small pool)
     # kmeans's default embeds the user turns only: another text, other features.
-    apart = run(pool, tmp_path / "b", tmp_path / "store2", ["rds", "kmeans"], targets_dir)
+    apart = run(pool, tmp_path / "b", tmp_path / "store2", ["rds", "kmeans"], targets_dir, params=models)
     assert apart.manifest["metrics"]["kmeans_features_computed"] == rows
     # Sharing changes no score: rds alone writes the same column.
-    alone = run(pool, tmp_path / "c", tmp_path / "store3", ["rds"], targets_dir)
+    alone = run(pool, tmp_path / "c", tmp_path / "store3", ["rds"], targets_dir, params={"rds.model": tiny_encoder})
     np.testing.assert_array_equal(read_shards(tmp_path / "a").column("score_rds_food").to_numpy(),
                                   read_shards(tmp_path / "c").column("score_rds_food").to_numpy())
     assert alone.manifest["metrics"]["rds_features_computed"] == rows
