@@ -23,7 +23,7 @@ from tamis.models.features import FeatureStore, rows_digest
 from tamis.schemas.records import parse_record
 from tamis.selectors import registry
 
-from .conftest import demo_records, write_jsonl
+from .conftest import demo_records, install_plugin, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -234,3 +234,39 @@ def test_prune_deletes_only_the_store_s_entries(tmp_path):
     assert result.exit_code == 0, result.output
     assert not legacy.exists() and outside.exists() and (tmp_path / "store" / "ab" / "notes.npy").exists()
     assert [e.kind for e in store.entries()] == ["embedding"]
+
+
+POISONED = '''
+import numpy as np
+from tamis.selectors import Selector
+
+
+class PoisonedLength(Selector):
+    """Score = characters of text, through stored features; a 'poison' row cannot be featurized."""
+    name = "poisoned_length"
+
+    def feature_spec(self):
+        return {"kind": "length"}
+
+    def featurize(self, records):
+        if any("poison" in (r["text"] or "") for r in records):
+            raise ValueError("cannot featurize poison")
+        return {"length": np.array([len(r["text"]) for r in records], dtype=np.float32)}
+
+    def score_features(self, features, records):
+        return {"score_poisoned_length": features["length"]}
+'''
+
+
+def test_a_chunk_scored_row_by_row_leaves_no_entry_per_row(tmp_path, monkeypatch):
+    """A chunk that fails is scored one row at a time; those rows read the store but write none."""
+    install_plugin(tmp_path, monkeypatch, "tamis_poisoned_plugin", POISONED, {"poisoned_length": "PoisonedLength"})
+    rows = [{"id": r["id"], "text": r["messages"][1]["content"]} for r in demo_records(20)]
+    rows[13]["text"] = "a poison pill"
+    pool = write_jsonl(tmp_path / "p.jsonl", rows)
+    store = tmp_path / "store"
+    done = tamis.select(pool=[str(pool)], selector=["poisoned_length"], budget=5, out=str(tmp_path / "o"),
+                        shard_rows=10, score_attempts=1, feature_store=str(store), param={})
+    assert done.counts["accepted"] == 19 and done.counts["rejected"] == 1
+    assert [e.kind for e in FeatureStore(store).entries()] == ["length"]  # the clean chunk's one entry
+    assert done.manifest["metrics"]["poisoned_length_features_computed"] == 19

@@ -102,11 +102,11 @@ def open_feature_store(context: RunContext, override: str | None = None):
     return FeatureStore(root, dtype=context.feature_dtype)
 
 
-def stored_features(store, spec: dict, records: list[dict], featurize, dtype: str = "float32"
-                    ) -> tuple[dict[str, np.ndarray], bool]:
+def stored_features(store, spec: dict, records: list[dict], featurize, dtype: str = "float32",
+                    write: bool = True) -> tuple[dict[str, np.ndarray], bool]:
     """(features of ``records``, whether the store had them): from ``store`` (a FeatureStore, or
-    None for none), else ``featurize(records)`` in the stored form, then stored. ``prepare`` steps
-    use it too (kmeans embeds its fitting sample through it)."""
+    None for none), else ``featurize(records)`` in the stored form, then stored (unless not
+    ``write``). ``prepare`` steps use it too (kmeans embeds its fitting sample through it)."""
     from ..models.features import stored_form
 
     if store is not None:
@@ -118,15 +118,16 @@ def stored_features(store, spec: dict, records: list[dict], featurize, dtype: st
     bad = {name: len(a) for name, a in features.items() if len(a) != len(records)}
     if bad:
         raise ValueError(f"featurize returned {bad} rows for {len(records)} records")
-    if store is not None and records:
+    if store is not None and records and write:
         store.save(spec["kind"], key, features, spec, len(records))
     return features, False
 
 
-def score_batch(selectors: "Iterable[Selector]", records: list[dict]) -> dict[str, np.ndarray]:
+def score_batch(selectors: "Iterable[Selector]", records: list[dict], write: bool = True) -> dict[str, np.ndarray]:
     """Every selector's columns for one batch. Selectors whose feature specs are equal (say
     ``rds`` and ``kmeans`` with one embedder and ``kmeans.text=all``) share one ``featurize``
-    call or store read; the others count those rows as reused."""
+    call or store read; the others count those rows as reused. ``write=False`` stores nothing
+    new (a failed chunk scored row by row would leave an entry per row)."""
     from ..models.features import spec_digest
 
     columns: dict[str, np.ndarray] = {}
@@ -144,7 +145,7 @@ def score_batch(selectors: "Iterable[Selector]", records: list[dict]) -> dict[st
             features = shared[key]
             selector.count_features("features_reused", len(records))
         else:
-            features = shared[key] = selector.pool_features(records)
+            features = shared[key] = selector.pool_features(records, write)
         columns.update(selector.score_features(features, records))
     return columns
 
@@ -345,11 +346,11 @@ class Selector:
         ``feature_dtype``, per-row floats float32) and the targets."""
         raise NotImplementedError
 
-    def pool_features(self, records: list[dict]) -> dict[str, np.ndarray]:
+    def pool_features(self, records: list[dict], write: bool = True) -> dict[str, np.ndarray]:
         """The batch's features from the store, else featurized, cast to the stored form and stored."""
         dtype = getattr(getattr(self, "context_", None), "feature_dtype", "float32")
         features, found = stored_features(getattr(self, "feature_store_", None), self.feature_spec(), records,
-                                          self.featurize, dtype)
+                                          self.featurize, dtype, write)
         self.count_features("features_reused" if found else "features_computed", len(records))
         return features
 
