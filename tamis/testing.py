@@ -21,6 +21,9 @@ tamis, and checks:
   instance, set up on the same prepared record) agrees to the bit;
 * batch independence: scoring in two batches gives what one batch gives (1e-5 for floats);
 * ``setup`` leaves the parameters as they were;
+* stored pool features (a selector with a ``feature_spec``): the spec is JSON with a ``kind`` and
+  names no local path; ``featurize`` gives one row per record; a second worker that finds the
+  batch in the store scores it to the bit as one that computed it;
 * ``selection_rule()`` returns a rule, and a table rule sets only declared columns.
 """
 from __future__ import annotations
@@ -38,7 +41,9 @@ from .demo import demo_dir
 from .selectors import PoolSample, Prepared, RunContext, Selector
 from .selectors.rules import Rule, TableRule
 
-CONTEXT = RunContext(max_length=64, batch_tokens=2048)
+# No feature store but the one check_feature_store makes in a temporary folder: the checks
+# leave nothing in the user's cache.
+CONTEXT = RunContext(max_length=64, batch_tokens=2048, feature_store="none")
 
 
 def demo_records(n: int) -> list[dict]:
@@ -198,6 +203,55 @@ def check_fit_keeps_parameters(case: _Case) -> None:
     assert case.fitted.get_params() == case.new().get_params(), "setup must not change the parameters"
 
 
+def check_feature_store(case: _Case, store_root: str | None = None) -> None:
+    """A selector with a feature spec: the spec is portable, featurize gives a row per record, and
+    scores from stored features equal scores from fresh ones, bit for bit."""
+    import dataclasses
+    import os
+    import tempfile
+
+    spec = case.fitted.feature_spec()
+    if spec is None:
+        return
+    try:
+        text = json.dumps(spec)
+    except (TypeError, ValueError) as e:
+        raise AssertionError(f"feature_spec() must be JSON-able: {e}") from None
+    assert isinstance(spec.get("kind"), str) and spec["kind"], "feature_spec() needs a 'kind'"
+    assert json.loads(text) == spec, "feature_spec() must hold plain JSON values (no tuples)"
+
+    def paths(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from paths(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from paths(v)
+        elif isinstance(value, str) and os.sep in value and os.path.exists(value):
+            yield value
+
+    local = list(paths(spec))
+    assert not local, f"feature_spec() must not name local paths (two machines must agree): {local}"
+    features = case.fitted.featurize(case.rows)
+    for name, array in features.items():
+        assert len(array) == len(case.rows), f"featurize: {name} has {len(array)} rows for {len(case.rows)} records"
+    with tempfile.TemporaryDirectory() as root:
+        context = dataclasses.replace(case.context, feature_store=store_root or root)
+        first = case.cls.from_params(dict(case.params))
+        first.setup(context, case.prepare(), case.targets)
+        computed = first.score(case.rows)
+        assert first.counters().get("features_computed") == len(case.rows), \
+            f"a first score() must compute and store the features: counters {first.counters()}"
+        second = case.cls.from_params(dict(case.params))
+        second.setup(context, case.prepare(), case.targets)
+        found = second.score(case.rows)
+        assert second.counters() == {"features_reused": len(case.rows)}, \
+            f"a second worker must find the features in the store: counters {second.counters()}"
+    for column, values in computed.items():
+        np.testing.assert_array_equal(values, found[column],
+                                      err_msg=f"{column}: scores from stored features differ from fresh ones")
+
+
 def check_selection_rule(case: _Case) -> None:
     """The rule is declared from the parameters alone, and a table rule reads and sets declared columns."""
     rule = case.new().selection_rule()
@@ -210,7 +264,7 @@ def check_selection_rule(case: _Case) -> None:
 
 CHECKS: list[Callable[[_Case], None]] = [
     check_parameters, check_refuses_to_fit_without_targets, check_declared_columns, check_deterministic,
-    check_batch_independent, check_fit_keeps_parameters, check_selection_rule,
+    check_batch_independent, check_fit_keeps_parameters, check_feature_store, check_selection_rule,
 ]
 
 

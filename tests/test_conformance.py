@@ -51,3 +51,33 @@ def test_check_selector_catches_parameters_that_are_not_stored_as_given():
 
     with pytest.raises(AssertionError, match="check_parameters.*own name"):
         check_selector(Renamed)
+
+
+class _Stored(Selector):
+    """Score = characters of content, through stored features; ``mode`` breaks the feature contract."""
+
+    name = "stored_length"
+
+    def __init__(self, mode: str = "ok"):
+        self.mode = mode
+
+    def feature_spec(self):
+        spec = {"kind": "length", "version": 1}
+        if self.mode == "path":  # a local path: another machine's spec would differ
+            spec["model"] = __file__
+        return spec
+
+    def featurize(self, records):
+        n = np.array([len(r["text"] or str(r["messages"])) for r in records], dtype=np.float64)
+        return {"length": n[:-1] if self.mode == "rows" and len(n) > 1 else n}
+
+    def score_features(self, features, records):
+        return {"score_stored_length": np.asarray(features["length"], dtype=np.float32)}
+
+
+@pytest.mark.parametrize("mode, error, message", [("path", AssertionError, "check_feature_store.*local paths"),
+                                                  ("rows", ValueError, "featurize returned .* rows for 25")])
+def test_check_selector_catches_a_broken_feature_contract(mode, error, message):
+    check_selector(_Stored, {"mode": "ok"})
+    with pytest.raises(error, match=message):
+        check_selector(_Stored, {"mode": mode})

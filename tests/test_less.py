@@ -123,18 +123,19 @@ def test_feature_store_serves_a_new_task_without_recomputing(less, pool, targets
     selector, prepared, store = less
     some = pool[100:140]
     first = selector.score(some)
-    computed = selector.store_.misses
-    # A second worker, a new task: every pool feature comes from the store.
+    assert selector.feature_store_.root == store and selector.feature_store_.misses >= 1
+    # A second worker, a new task: every pool feature (every checkpoint's) comes from the store.
     fresh = LessSelector(**TINY, feature_store=store)
     fresh.setup(CONTEXT, prepared, {"food": targets["food"]})
     again = fresh.score(some)
-    assert fresh.store_.hits == 3 and fresh.store_.misses == 0 and computed >= 3
+    assert fresh.counters() == {"features_reused": 40}
+    assert fresh.feature_store_.hits == 1 and fresh.feature_store_.misses == 0
     np.testing.assert_array_equal(again["score_less_food"], first["score_less_food"])
     # Another projection is another feature: nothing is reused by mistake.
     other = LessSelector(**TINY, feature_store=store, proj_seed=1)
     other.setup(CONTEXT, prepared, {"food": targets["food"]})
     other.score(some)
-    assert other.store_.hits == 0 and other.store_.misses == 3
+    assert other.counters() == {"features_computed": 40} and other.feature_store_.hits == 0
 
 
 def test_unscorable_rows_get_nan_and_presets_resolve(less):
@@ -156,10 +157,10 @@ def test_pipeline_run_then_a_new_task_reuses_pool_features(pool, targets_dir, tm
                          out=str(tmp_path / "a"), budget=30, shard_rows=100, max_length=64, param=params)
     assert first.counts["selected"] == 30
     metrics = first.manifest["metrics"]
-    assert metrics["less_features_computed"] == 9 and metrics.get("less_features_reused", 0) == 0  # 3 chunks x 3 ckpts
+    assert metrics["less_features_computed"] == 300 and metrics.get("less_features_reused", 0) == 0  # rows
     second = tamis.select(pool=[str(path)], target={"animal": targets_dir["animal"]}, selector=["less"],
                           out=str(tmp_path / "b"), budget=30, shard_rows=100, max_length=64, param=params)
-    assert second.manifest["metrics"]["less_features_reused"] == 9
+    assert second.manifest["metrics"]["less_features_reused"] == 300
     assert "less_features_computed" not in second.manifest["metrics"]
     table = read_shards(tmp_path / "b")
     scores = table.column("score_less_animal").to_numpy()
@@ -184,12 +185,12 @@ def test_a_run_killed_with_the_feature_store_half_written_resumes_from_it(tmp_pa
             "--shard-rows", "10", "--max-length", "64", "--no-progress"]
     args += [f"--param=less.{k}={v}" for k, v in dict(TINY, fraction=0.5, feature_store=store).items()]
     # LESS scores each chunk before the gate does: after 3 chunks the process stores the 4th chunk's
-    # features for all 3 checkpoints, then waits at the closed gate, where it is killed.
+    # features (every checkpoint's, one entry), then waits at the closed gate, where it is killed.
     proc = subprocess.Popen([sys.executable, "-m", "tamis", *args, "--out", str(out)], env=gate_plugin,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while len(list(store.glob("*/*.npy"))) < 12 or len(list((out / "shards").glob("*.parquet"))) < 3:
+        while len(list(store.glob("less-grads/*/*.npz"))) < 4 or len(list((out / "shards").glob("*.parquet"))) < 3:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the first run did not get to the gate in time"
             time.sleep(0.05)
@@ -203,8 +204,8 @@ def test_a_run_killed_with_the_feature_store_half_written_resumes_from_it(tmp_pa
     assert resumed.exit_code == 0, resumed.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["chunks"] == {"planned": 6, "reused": 3, "computed": 3}
-    # Of the 3 chunks left, one had its features stored before the kill: 3 reused, 6 computed.
-    assert manifest["metrics"]["less_features_reused"] == 3 and manifest["metrics"]["less_features_computed"] == 6
+    # Of the 3 chunks left, one had its features stored before the kill: 10 rows reused, 20 computed.
+    assert manifest["metrics"]["less_features_reused"] == 10 and manifest["metrics"]["less_features_computed"] == 20
     # An uninterrupted run with its own empty store gives the same output, bit for bit.
     fresh = [a.replace(str(store), str(tmp_path / "store2")) for a in args]
     reference = CliRunner().invoke(app, fresh + ["--out", str(tmp_path / "ref")])

@@ -183,6 +183,8 @@ def select(
     workers: Optional[int] = typer.Option(None, "--workers", help="local worker processes"),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="replace a run with another config in --out"),
     score_attempts: Optional[int] = typer.Option(None, "--score-attempts", help="tries per scoring call before its rows are rejected"),
+    feature_store: Optional[str] = typer.Option(None, "--feature-store", help="where pool features are kept (folder or URL; 'none': nowhere); default $TAMIS_CACHE/features"),
+    feature_dtype: Optional[str] = typer.Option(None, "--feature-dtype", help="stored embeddings and gradients: float32 (default) or float16"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check the options and build the pipeline; read and run nothing"),
 ):
@@ -198,7 +200,8 @@ def select(
                      budget_per_task=budget_per_task, duplicates=duplicates,
                      shard_rows=shard_rows, batch_tokens=batch_tokens, max_length=max_length,
                      decontaminate=decontaminate, seed=seed, device=device, dtype=dtype, runner=runner,
-                     workers=workers, overwrite=overwrite, score_attempts=score_attempts, beam_args=list(ctx.args) or None)
+                     workers=workers, overwrite=overwrite, score_attempts=score_attempts,
+                     feature_store=feature_store, feature_dtype=feature_dtype, beam_args=list(ctx.args) or None)
     if target:
         overrides["target"] = parse_target_pairs(target)
     if param:
@@ -358,6 +361,11 @@ def _register_optional() -> None:
     except ImportError:
         return
     app.command("train-proxy")(train_proxy)
+
+
+from .store import store_app  # noqa: E402  (the `tamis store` group: du, prune)
+
+app.add_typer(store_app, name="store")
 
 
 _register_optional()

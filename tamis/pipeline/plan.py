@@ -29,7 +29,7 @@ from .sources import expand, read_records, read_targets
 
 # Config keys that do not change any score: a run that differs only in these resumes.
 _NOT_SCORING = {"budget", "out", "runner", "workers", "beam_args", "overwrite", "select_by", "decontaminate",
-                "score_attempts", "budget_per_task", "duplicates"}
+                "score_attempts", "budget_per_task", "duplicates", "feature_store"}
 
 
 def scoring_key(config: SelectConfig, files: list[dict], targets: dict | None) -> str:
@@ -192,7 +192,7 @@ class Plan:
         shared = folder.join(WORK, "features") if workers_elsewhere(c) else None
         return RunContext(device=c.device, dtype=c.dtype, max_length=c.max_length, batch_tokens=c.batch_tokens,
                           seed=c.seed, work_dir=folder.work_dir, score_attempts=c.score_attempts,
-                          shared_store=shared)
+                          shared_store=shared, feature_store=c.feature_store, feature_dtype=c.feature_dtype)
 
     def resume_key(self) -> dict:
         """The resume key and what it covers (kept in ``_work/plan.json`` to say what changed)."""

@@ -20,7 +20,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from ..io.runfolder import RunFolder, write_parquet
 from ..schemas.output import REJECT_SCHEMA
 from ..selectors import registry
-from ..selectors.base import RunContext, Selector
+from ..selectors.base import RunContext, Selector, score_batch
 from .artifacts import localize_prepared
 from .chunks import NAMESPACE, ValidChunk
 
@@ -82,11 +82,9 @@ def report_counters(model: LoadedSelectors) -> None:
                 seen[key] = total
 
 
-def _score_all(model: Sequence[Selector], records: list[dict]) -> dict[str, np.ndarray]:
-    columns: dict[str, np.ndarray] = {}
-    for selector in model:
-        columns.update(selector.score(records))
-    return columns
+def _score_all(model: Sequence[Selector], records: list[dict], write: bool = True) -> dict[str, np.ndarray]:
+    """Every selector's columns; pool features through the feature store, shared by equal specs."""
+    return score_batch(model, records, write)
 
 
 def _with_retries(fn, attempts: int, backoff_s: float):
@@ -120,7 +118,8 @@ def score_chunk(model: Sequence[Selector], chunk: ValidChunk, attempts: int = 3,
     kept, flags, parts, rejects = [], [], [], list(chunk.rejects)
     for record, flag in zip(chunk.records, chunk.matches_target):
         try:
-            parts.append(_with_retries(lambda: _score_all(model, [record]), attempts, backoff_s))
+            # One row at a time: read the store, but leave no entry per row in it.
+            parts.append(_with_retries(lambda: _score_all(model, [record], write=False), attempts, backoff_s))
         except Exception as e:
             reason = f"scoring failed after {attempts} attempts: {type(e).__name__}: {e}".replace("\n", " ")
             rejects.append({"id": record["id"], "raw": record_to_json(record), "reason": reason[:1000],

@@ -103,6 +103,11 @@ class SelectConfig(BaseModel):
     beam_args: list[str] = Field(default_factory=list, description="extra Beam pipeline options, passed through")
     overwrite: Flag = Field(default=False, description="replace an existing run in OUT made with another config")
     score_attempts: Whole = Field(default=3, ge=1, description="tries per scoring call before its rows are rejected")
+    feature_store: PathStr | None = Field(default=None, description="where pool features are kept (a folder or URL): "
+                                          "default $TAMIS_CACHE/features, or OUT/_work/features when the workers "
+                                          "share no disk with this machine; 'none' keeps nothing")
+    feature_dtype: Literal["float32", "float16"] = Field(default="float32", description="stored embeddings and "
+                                                         "gradients: float32, or float16 for half the bytes")
 
     @field_validator("target")
     @classmethod

@@ -11,6 +11,22 @@ pipeline drives (as NeMo Curator's stages do):
    here, never at import) from that record and the target examples;
 3. ``score(records)``: score a batch of records, returning one array per declared column.
 
+Most selectors split step 3 in two, and should: the *pool features*, what they compute from a
+record without looking at any target (an embedding, a gradient, a prior's loss, a score that
+needs no target), and the columns made from those features and the targets. A selector says so
+by implementing three methods, and the default ``score`` then is ``score_features(features)``:
+
+- ``feature_spec()``: everything that shapes the features (a kind, the model's content hash,
+  pooling, text rendering, max_length, compute dtype, a proxy's cache key); never a local path;
+- ``featurize(records)``: the features, one array per name, one row per record;
+- ``score_features(features, records)``: the columns, from the features (as the store keeps
+  them: see :func:`tamis.models.features.stored_form`) and the targets.
+
+The pipeline keeps features in a :class:`~tamis.models.features.FeatureStore` keyed by the spec
+and the rows' content, so a new task, a resumed run or a rerun into a new folder computes only
+the target side; selectors of one run with equal specs share one ``featurize`` call. Load pool-
+side models lazily, in ``featurize``, so a batch found in the store loads none.
+
 The pipeline owns reading, batching across workers, selection and writing; a selector only
 turns records into columns. To add one, subclass :class:`Selector`, give it a ``name``, and
 register it (``tamis.selectors.registry`` or the ``tamis.selectors`` entry-point group).
@@ -65,9 +81,73 @@ class RunContext:
     work_dir: str | None = None  # a local folder for caches (trained proxies, features)
     score_attempts: int = 3  # tries per scoring call before a row is rejected (local runners never retry)
     retry_backoff_s: float = 0.5  # first wait between tries; doubles each time
-    # Where stores every worker shares go by default (LESS's feature store): None keeps them in
+    # Where stores every worker shares go by default (the feature store): None keeps them in
     # this machine's cache (local runners); OUT/_work/... when the workers share no disk with it.
     shared_store: str | None = None
+    # The pool-feature store (--feature-store): a folder or URL; None: shared_store, else
+    # $TAMIS_CACHE/features; "none": compute every time, keep nothing.
+    feature_store: str | None = None
+    feature_dtype: str = "float32"  # stored vectors: "float32" or "float16" (--feature-dtype; half the bytes)
+
+
+def open_feature_store(context: RunContext, override: str | None = None):
+    """The run's feature store: ``override`` (a selector's own ``feature_store``), else the run's
+    ``feature_store``, else the shared store of a run whose workers are elsewhere, else
+    ``$TAMIS_CACHE/features``. None when the store is turned off (``"none"``)."""
+    from ..models.features import DISABLED, FeatureStore
+
+    root = override or context.feature_store or context.shared_store
+    if root == DISABLED:
+        return None
+    return FeatureStore(root, dtype=context.feature_dtype)
+
+
+def stored_features(store, spec: dict, records: list[dict], featurize, dtype: str = "float32",
+                    write: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+    """(features of ``records``, whether the store had them): from ``store`` (a FeatureStore, or
+    None for none), else ``featurize(records)`` in the stored form, then stored (unless not
+    ``write``). ``prepare`` steps use it too (kmeans embeds its fitting sample through it)."""
+    from ..models.features import stored_form
+
+    if store is not None:
+        key = store.key(spec, records)
+        found = store.load(spec["kind"], key, len(records))
+        if found is not None:
+            return found, True
+    features = stored_form(featurize(records), store.dtype if store is not None else dtype)
+    bad = {name: len(a) for name, a in features.items() if len(a) != len(records)}
+    if bad:
+        raise ValueError(f"featurize returned {bad} rows for {len(records)} records")
+    if store is not None and records and write:
+        store.save(spec["kind"], key, features, spec, len(records))
+    return features, False
+
+
+def score_batch(selectors: "Iterable[Selector]", records: list[dict], write: bool = True) -> dict[str, np.ndarray]:
+    """Every selector's columns for one batch. Selectors whose feature specs are equal (say
+    ``rds`` and ``kmeans`` with one embedder and ``kmeans.text=all``) share one ``featurize``
+    call or store read; the others count those rows as reused. ``write=False`` stores nothing
+    new (a failed chunk scored row by row would leave an entry per row)."""
+    from ..models.features import spec_digest
+
+    columns: dict[str, np.ndarray] = {}
+    shared: dict[tuple, dict[str, np.ndarray]] = {}
+    for selector in selectors:
+        spec = selector.feature_spec()
+        if spec is None:
+            columns.update(selector.score(records))
+            continue
+        store = getattr(selector, "feature_store_", None)
+        dtype = store.dtype if store is not None else getattr(getattr(selector, "context_", None), "feature_dtype",
+                                                              "float32")
+        key = (spec_digest(spec), dtype)
+        if key in shared:
+            features = shared[key]
+            selector.count_features("features_reused", len(records))
+        else:
+            features = shared[key] = selector.pool_features(records, write)
+        columns.update(selector.score_features(features, records))
+    return columns
 
 
 @functools.lru_cache(maxsize=None)
@@ -236,10 +316,47 @@ class Selector:
         self.context_ = context
         self.prepared_ = prepared
         self.tasks_ = self.task_names(targets)
+        self.feature_store_ = open_feature_store(context, getattr(self, "feature_store", None))
+        self.feature_counts_ = {"features_reused": 0, "features_computed": 0}
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
-        """Score a batch: one array of length ``len(records)`` per declared column."""
+        """Score a batch: one array of length ``len(records)`` per declared column.
+
+        By default, the batch's pool features (stored, or computed and stored) through
+        :meth:`score_features`; a selector without a :meth:`feature_spec` overrides this."""
+        if self.feature_spec() is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither score() nor feature_spec()")
+        return self.score_features(self.pool_features(records), records)
+
+    # -- pool features: the target-independent part, stored once ---------------------------------
+    def feature_spec(self) -> dict | None:
+        """What shapes this selector's pool features, as plain JSON (after setup): a ``kind``
+        (the store's folder, e.g. ``"embedding"``) and every setting that changes a value (the
+        model's content hash, never its local path; pooling; text rendering; max_length; compute
+        dtype; proxies' cache keys). Selectors whose specs are equal share one ``featurize``
+        call and one stored entry. None (the default): nothing is stored."""
+        return None
+
+    def featurize(self, records: list[dict]) -> dict[str, np.ndarray]:
+        """The pool features of a batch: name -> array with one row per record (no target used)."""
         raise NotImplementedError
+
+    def score_features(self, features: dict[str, np.ndarray], records: list[dict]) -> dict[str, np.ndarray]:
+        """The declared columns from a batch's features (as stored: float vectors in the run's
+        ``feature_dtype``, per-row floats float32) and the targets."""
+        raise NotImplementedError
+
+    def pool_features(self, records: list[dict], write: bool = True) -> dict[str, np.ndarray]:
+        """The batch's features from the store, else featurized, cast to the stored form and stored."""
+        dtype = getattr(getattr(self, "context_", None), "feature_dtype", "float32")
+        features, found = stored_features(getattr(self, "feature_store_", None), self.feature_spec(), records,
+                                          self.featurize, dtype, write)
+        self.count_features("features_reused" if found else "features_computed", len(records))
+        return features
+
+    def count_features(self, counter: str, rows: int) -> None:
+        counts = self.__dict__.setdefault("feature_counts_", {"features_reused": 0, "features_computed": 0})
+        counts[counter] += rows
 
     # -- declared output (known before setup, so the driver can plan the schema) ---------------
     def task_names(self, targets: dict | None) -> list[str]:
@@ -262,10 +379,10 @@ class Selector:
         return TopK()
 
     def counters(self) -> dict[str, int]:
-        """Running totals this worker has counted (say, features reused from a store and
-        computed); the pipeline adds them up across workers into the manifest's metrics as
-        ``<name>_<counter>``."""
-        return {}
+        """Running totals this worker has counted; the pipeline adds them up across workers into
+        the manifest's metrics as ``<name>_<counter>``. By default: pool-feature rows reused
+        (from the store, or from another selector of the run with an equal spec) and computed."""
+        return {k: v for k, v in getattr(self, "feature_counts_", {}).items() if v}
 
     def model_info(self) -> dict[str, dict]:
         """Models this selector used, for the manifest: name -> {"path", "sha256", ...}."""

@@ -31,6 +31,9 @@ instruction data are noisy and their very top is mostly noise (Fayyaz et al. 202
 2023 find a middle band best for LM pretraining data). On clean labels it costs: on sklearn's
 digits the window loses about 2 points of accuracy with clean labels and gains about 5 with 10%
 of labels flipped (benchmarks/pruning_curve.py); set ``skip_hardest=0`` for clean data.
+
+The scores need no target, so they are the stored features (kind ``el2n`` or ``grand``, one
+float32 per row): a second run on the same pool and settings loads no proxy.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..models.embedder import model_record, open_embedder
+from ..models.features import model_identity, proxy_identity
 from ..models.heads import KINDS, cached_heads, head_scores, label_indices, load_heads
 from ..models.lm import encode_for_model
 from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, proxy_ref
@@ -161,24 +165,53 @@ class _DifficultySelector(Selector):
     def setup(self, context: RunContext, prepared=None, targets=None) -> None:
         super().setup(context, prepared)  # no targets: the score is about the pool alone
         kind = prepared.data_kind if prepared is not None else None
-        if kind == "classification":
+        if kind not in ("classification", "lm", "none"):
+            raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
+        self.loaded_ = False  # the proxies or heads load at the first batch the feature store lacks
+        self.spec_ = None
+
+    def load(self) -> None:
+        prepared = self.prepared_
+        if prepared.data_kind == "classification":
             self.heads_, self.classes_ = load_heads(prepared.heads)
             self.embedder_ = self.make_embedder(self.context_)
-        elif kind == "lm":
+        elif prepared.data_kind == "lm":
             self.proxies_ = [load_proxy(ref, device=self.context_.device, dtype=self.context_.dtype,
                                         trainable=self.grad_params() == "trainable")
                              for ref in prepared.proxies]
-        elif kind != "none":
-            raise ValueError(f"{self.name}: nothing prepared (run prepare() first: it trains the proxies)")
+        self.loaded_ = True
+
+    def feature_spec(self) -> dict | None:
+        """The score itself (it needs no target), kind ``el2n`` or ``grand``; None for an empty pool."""
+        prepared = self.prepared_
+        if prepared.data_kind == "none" or getattr(self, "spec_", None) is not None:
+            return self.spec_
+        common = {"kind": self.name, "data_kind": prepared.data_kind, "max_length": self.context_.max_length,
+                  "dtype": self.context_.dtype}
+        if prepared.data_kind == "classification":
+            self.spec_ = {**common, "heads": prepared.key, "embedder": model_identity(self.embedder),
+                          "pooling": self.pooling}
+        else:  # a given model's proxies are hashed once per worker
+            self.spec_ = {**common, "proxies": [proxy_identity(ref) for ref in prepared.proxies],
+                          "params": self.grad_params()}
+        return self.spec_
 
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
         if self.prepared_.data_kind == "none":  # nothing was prepared: the pool had no valid row
             return {self.score_columns([])[None]: np.full(len(records), np.nan, dtype=np.float32)}
+        return super().score(records)
+
+    def featurize(self, records: list[dict]) -> dict[str, np.ndarray]:
+        if not self.loaded_:
+            self.load()
         if self.prepared_.data_kind == "classification":
             values = self.score_classification(records)
         else:
             values = np.mean([self.score_lm(model, tok, records) for model, tok in self.proxies_], axis=0)
-        return {self.score_columns([])[None]: values.astype(np.float32)}
+        return {"score": values.astype(np.float32)}
+
+    def score_features(self, features: dict[str, np.ndarray], records: list[dict]) -> dict[str, np.ndarray]:
+        return {self.score_columns([])[None]: features["score"]}
 
     def score_classification(self, records: list[dict]) -> np.ndarray:
         # A record without a label, or with one the heads never saw, gets NaN (never selected).

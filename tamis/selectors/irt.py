@@ -39,6 +39,9 @@ Pitfalls: under 1PL a row's b depends only on how many subjects got it right, so
 give at most J+1 distinct difficulties (2PL orders more finely); the crowd's own training rows
 (the ``sample_size`` lowest id hashes, seed 42) look easier than they are; a row with no scored
 token gets no answers, so its b is the prior's 0.
+
+A crowd's per-row difficulty and discrimination need no target, so they are the stored features
+(kind ``irt``, two float32 per row): a second run on the same pool and settings loads no crowd.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ from ..io import filesystems
 from ..irt import MODELS, fit_irt, fit_items, loss_answers
 from ..models.cache import cache_root, content_hash
 from ..models.embedder import model_record, open_embedder
+from ..models.features import model_identity
 from ..models.heads import cached_heads, head_from_state, label_indices, load_heads
 from ..models.lm import encode_for_model, load_causal_lm
 from ..models.proxies import ProxySpec, obtain_proxy
@@ -306,6 +310,7 @@ class IRTSelector(Selector):
         super().setup(context, prepared, targets)
         if prepared is None:
             raise ValueError("irt: nothing prepared (run prepare() first: it builds the crowd)")
+        self.spec_ = None
         self.edges_ = np.asarray(prepared.stage_edges, dtype=np.float64)
         if prepared.source == "responses":
             table = pq.read_table(prepared.items_path)
@@ -313,24 +318,49 @@ class IRTSelector(Selector):
                                    zip(table.column("difficulty").to_pylist(), table.column("discrimination").to_pylist())))
         else:
             self.theta_ = np.asarray(prepared.theta, dtype=np.float64)
-            self.crowd_ = self._crowd(prepared.data_kind, prepared.to_json(), context)
+            self.crowd_ = None  # loaded at the first batch the feature store lacks
 
     def answers(self, records: list[dict]) -> np.ndarray:
         """The crowd's 1/0 answers on ``records``: [subjects, records], NaN where there is none."""
+        if self.crowd_ is None:
+            self.crowd_ = self._crowd(self.prepared_.data_kind, self.prepared_.to_json(), self.context_)
         if self.prepared_.data_kind == "classification":
             return self.crowd_.answers(records)
         return loss_answers(self.crowd_.losses(records), self.prepared_.loss_threshold)
 
+    def feature_spec(self) -> dict | None:
+        """A crowd's fitted item parameters (kind ``irt``): they need no target. A response file
+        is looked up by id, nothing to store (None)."""
+        prepared = self.prepared_
+        if prepared.source != "crowd":
+            return None
+        if getattr(self, "spec_", None) is None:
+            crowd = [{k: v for k, v in run.items() if k not in ("path", "model")} for run in prepared.runs]
+            self.spec_ = {"kind": "irt", "data_kind": prepared.data_kind, "irt_model": self.irt_model,
+                          "b_prior_sd": self.b_prior_sd(), "crowd": crowd, "heads": prepared.key,
+                          "subjects": len(prepared.subjects), "theta": content_hash(prepared.theta),
+                          "loss_threshold": prepared.loss_threshold, "max_length": self.context_.max_length,
+                          "dtype": self.context_.dtype}
+            if prepared.data_kind == "classification":
+                self.spec_.update(embedder=model_identity(self.embedder), pooling=self.pooling)
+        return self.spec_
+
+    def featurize(self, records: list[dict]) -> dict[str, np.ndarray]:
+        if not records:
+            return {"difficulty": np.zeros(0), "discrimination": np.zeros(0)}
+        fit = fit_items(self.answers(records), self.theta_, model=self.irt_model, prior_sd=self.b_prior_sd())
+        return {"difficulty": fit.b, "discrimination": fit.a}
+
     def score(self, records: list[dict]) -> dict[str, np.ndarray]:
-        if self.prepared_.source == "responses":
-            found = [self.items_.get(r["id"]) for r in records]
-            b = np.array([f[0] if f else np.nan for f in found], dtype=np.float64)
-            a = np.array([f[1] if f else np.nan for f in found], dtype=np.float64)
-        elif records:
-            fit = fit_items(self.answers(records), self.theta_, model=self.irt_model, prior_sd=self.b_prior_sd())
-            b, a = fit.b, fit.a
-        else:
-            b = a = np.zeros(0)
+        if self.prepared_.source != "responses":
+            return super().score(records)
+        found = [self.items_.get(r["id"]) for r in records]
+        b = np.array([f[0] if f else np.nan for f in found], dtype=np.float64)
+        a = np.array([f[1] if f else np.nan for f in found], dtype=np.float64)
+        return self.score_features({"difficulty": b, "discrimination": a}, records)
+
+    def score_features(self, features: dict[str, np.ndarray], records: list[dict]) -> dict[str, np.ndarray]:
+        b, a = features["difficulty"], features["discrimination"]
         stage = np.where(np.isnan(b), -1, curriculum_stage(b, self.edges_)).astype(np.int32)
         return {self.score_columns([])[None]: b.astype(np.float32), "difficulty": b.astype(np.float32),
                 "discrimination": a.astype(np.float32), "curriculum_stage": stage}

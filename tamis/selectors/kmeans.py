@@ -38,6 +38,10 @@ drives the selection.
 
 Randomness comes from a hash of (run seed, row id), so the same seed gives the same selection
 whatever the sharding or row order.
+
+The pool's embeddings are stored (kind ``embedding``): a second run on the same pool and settings
+embeds nothing and loads no embedder. They are RDS+'s when the model, pooling, max_length and
+rendering agree; RDS+ embeds every turn, so sharing them needs ``text="all"``.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ import pyarrow as pa
 from ..io import filesystems
 from ..models.cache import content_hash, slice_digest
 from ..models.embedder import POOLING_CHOICES, model_record, open_embedder, resolve_pooling
+from ..models.features import embedding_spec
 from ..models.lm import encode_for_model
 from ..models.loading import DEFAULT_EMBEDDER, fingerprint
 from ..models.proxies import ProxySpec, load_proxy, obtain_proxy, open_proxy, proxy_ref
@@ -58,7 +63,7 @@ from ..models.records import render, user_text
 from ..models.stats import mean_token_loss
 from ..models.train import train_proxy
 from ..schemas.proxy import ProxyModelConfig, TrainConfig
-from .base import PoolSample, Prepared, RunContext, Selector
+from .base import PoolSample, Prepared, RunContext, Selector, open_feature_store, stored_features
 from .rules import ClusterQuotas
 
 
@@ -187,10 +192,17 @@ class KMeansSelector(Selector):
         prepared: dict = {}
         key = content_hash({"slice": slice_digest(fit_rows), "k": k, "seed": context.seed,
                             **{p: getattr(self, p) for p in ("model", "pooling", "text", "niter", "nredo")},
-                            "model_sha256": fingerprint(self.model), "max_length": context.max_length})[:16]
+                            "model_sha256": fingerprint(self.model), "max_length": context.max_length,
+                            # float16 features round the vectors the centroids are fitted on
+                            **({"feature_dtype": context.feature_dtype} if context.feature_dtype != "float32" else {})
+                            })[:16]
         path = f"{context.work_dir.rstrip('/')}/kmeans-{key}.safetensors" if context.work_dir else None
         if path is None or not filesystems.exists(path):  # a resumed run reuses its centroids
-            vectors = self._embed(self._embedder(context), fit_rows)
+            spec = embedding_spec(self.model, self.pooling, self.text, context.max_length, context.dtype,
+                                  self.trust_remote_code)
+            embed = lambda rows: {"embedding": self._embed(self._embedder(context), rows)}  # noqa: E731
+            found, _ = stored_features(open_feature_store(context), spec, fit_rows, embed, context.feature_dtype)
+            vectors = np.ascontiguousarray(found["embedding"], dtype=np.float32)  # another run's sample embeddings
             km = faiss.Kmeans(vectors.shape[1], k, niter=self.niter, nredo=self.nredo, seed=context.seed,
                               verbose=False)
             km.train(vectors)
@@ -218,7 +230,8 @@ class KMeansSelector(Selector):
         import faiss
 
         super().setup(context, prepared, targets)
-        self.embedder_ = None  # loaded at the first score(): the selection pass never needs it
+        self.spec_ = None
+        self.embedder_ = None  # loaded at the first featurize(): a store hit and the selection pass never need it
         if prepared is not None and prepared.k == 0:  # no valid row in the pool: score() is never given one
             self.k_, self.index_, self.weight_ = 0, None, np.zeros(0, np.float32)
             return
@@ -235,10 +248,19 @@ class KMeansSelector(Selector):
         share = (counts + 1.0) / (counts.sum() + self.k_)  # smoothed: an empty cluster is rare, not impossible
         self.weight_ = ((1.0 / self.k_) / share).astype(np.float32)
 
-    def score(self, records: list[dict]) -> dict[str, np.ndarray]:
-        if self.embedder_ is None:
+    def feature_spec(self) -> dict:
+        if getattr(self, "spec_", None) is None:
+            self.spec_ = embedding_spec(self.model, self.pooling, self.text, self.context_.max_length,
+                                        self.context_.dtype, self.trust_remote_code)
+        return self.spec_
+
+    def featurize(self, records: list[dict]) -> dict[str, np.ndarray]:
+        if self.embedder_ is None:  # loaded at the first batch the store lacks
             self.embedder_ = self._embedder(self.context_)
-        vectors = self._embed(self.embedder_, records)
+        return {"embedding": self._embed(self.embedder_, records)}
+
+    def score_features(self, features: dict[str, np.ndarray], records: list[dict]) -> dict[str, np.ndarray]:
+        vectors = np.ascontiguousarray(features["embedding"], dtype=np.float32)
         dist2, nearest = self.index_.search(vectors, 1)
         cluster = nearest[:, 0].astype(np.int32)
         return {

@@ -12,9 +12,10 @@
    max_j mean_{t in subtask j} sum_i w_i cos(pool_i, t_i). (The reference code sums over
    checkpoints before the max, as here; with one subtask the order does not matter.)
 
-Pool features are the costly part, so they go to a :class:`~tamis.models.features.FeatureStore`
-keyed by (proxy, checkpoint, the chunk's rows, length limit, projection): selecting for a new
-task computes only the targets' gradients, and a killed run resumes from the chunks it finished.
+Pool features are the costly part, so they are the selector's stored features (kind
+``less-grads``: every checkpoint's [rows, proj_dim] gradients), keyed by (proxy, checkpoints, the
+chunk's rows, length limit, projection): selecting for a new task computes only the targets'
+gradients, and a killed run resumes from the chunks it finished.
 
 Memory does not grow with the parameter count times the projection size: per-example gradients
 too large for ``block_mb`` stream through the projection a weight at a time, and the projection
@@ -106,7 +107,7 @@ class LessSelector(Selector):
         # proj_dim] result: a chunk's whole gradients when they fit, else one block of them and
         # of the projection (README, "Memory").
         self.block_mb = block_mb
-        self.feature_store = feature_store  # folder or URL; None: $TAMIS_CACHE/features
+        self.feature_store = feature_store  # folder or URL; None: the run's --feature-store
         # Tokens per example for warm-up and gradients; None: the run's --max-length (512). LESS uses 2048.
         self.max_length = max_length
         # "example": each example's token mean weighs the same in a step (LESS: batch 1 x 32 accumulation);
@@ -177,7 +178,6 @@ class LessSelector(Selector):
 
     # -- features and scores (per worker) -----------------------------------------------------------
     def setup(self, context: RunContext, prepared=None, targets=None) -> None:
-        from ..models.features import FeatureStore
         from ..models.projection import DEFAULT_TILE_ROWS, RademacherProjector
         from ..models.stats import grad_dim
         from ..models.train import TrainedProxy
@@ -198,7 +198,6 @@ class LessSelector(Selector):
         self.projector_ = RademacherProjector(grad_dim(self.model_), proj_dim, seed=self.proj_seed,
                                               device=self.context_.device, cache_bytes=self.block_bytes,
                                               tile_rows=max(1, min(DEFAULT_TILE_ROWS, self.block_bytes // (4 * proj_dim))))
-        self.store_ = FeatureStore(self.feature_store or context.shared_store)
         # Per task: target features per checkpoint [m, d] and the row indices of each subtask.
         self.targets_ = {}
         for task in self.tasks_:
@@ -253,30 +252,26 @@ class LessSelector(Selector):
                                  normalize=True, chunk_size=self.chunk_size, block_bytes=self.block_bytes,
                                  batch_tokens=min(self.context_.batch_tokens, 256 * self.chunk_size))
 
-    def pool_features(self, records: list[dict], examples, ckpt: int) -> np.ndarray:
-        """:meth:`features` of pool rows through the feature store."""
-        from ..models.cache import slice_digest
+    def feature_spec(self) -> dict:
+        """The pool rows' Adam-preconditioned, projected gradients at every checkpoint (kind ``less-grads``)."""
+        return {"kind": "less-grads", "proxy": self.prepared_.key, "checkpoints": list(self.prepared_.checkpoints),
+                "max_length": self.context_.max_length, "projection": self.projector_.definition,
+                "dtype": self.context_.dtype}
 
-        checkpoint = self.proxy_.checkpoints[ckpt]
-        key = self.store_.key(kind="less-adam", proxy=self.prepared_.key, checkpoint=checkpoint.index,
-                              rows=slice_digest(records), max_length=self.context_.max_length,
-                              projection=self.projector_.definition)
-        found = self.store_.get(key)
-        if found is not None and found.shape == (len(records), self.projector_.out_dim):
-            return found
-        feats = self.features(examples, ckpt, adam=True)
-        self.store_.put(key, feats)
-        return feats
-
-    def score(self, records: list[dict]) -> dict[str, np.ndarray]:
+    def featurize(self, records: list[dict]) -> dict[str, np.ndarray]:
         examples = encode_for_model(self.model_, self.tokenizer_, records, self.context_.max_length)
+        out = {f"grads_{ckpt}": self.features(examples, ckpt, adam=True) for ckpt in range(len(self.weights_))}
+        out["scored"] = np.array([e.n_scored > 0 for e in examples], dtype=bool)  # rows with a token to learn from
+        return out
+
+    def score_features(self, features: dict[str, np.ndarray], records: list[dict]) -> dict[str, np.ndarray]:
         influence = {task: np.zeros((len(records), len(feats[0])), dtype=np.float64)
                      for task, (feats, _) in self.targets_.items()}
         for ckpt, weight in enumerate(self.weights_):
-            pool = self.pool_features(records, examples, ckpt)
+            pool = features[f"grads_{ckpt}"]
             for task, (feats, _) in self.targets_.items():
                 influence[task] += weight * (pool @ feats[ckpt].T)
-        empty = np.array([e.n_scored == 0 for e in examples], dtype=bool)  # nothing to learn from
+        empty = ~features["scored"]  # nothing to learn from
         out = {}
         for task, column in self.score_columns(self.tasks_).items():
             groups = self.targets_[task][1]
@@ -286,15 +281,11 @@ class LessSelector(Selector):
             out[column] = scores
         return out
 
-    def counters(self) -> dict[str, int]:
-        store = getattr(self, "store_", None)
-        return {"features_reused": store.hits, "features_computed": store.misses} if store is not None else {}
-
     def model_info(self) -> dict[str, dict]:
         prepared = getattr(self, "prepared_", None)  # None before prepare
         info = {"less.warmup": {k: getattr(prepared, k) for k in ("proxy", "key", "weights", "preset", "lora_r",
                                                                   "proj_dim")} if prepared else {}}
-        store = getattr(self, "store_", None)
+        store = getattr(self, "feature_store_", None)
         if store is not None:
-            info["less.features"] = {"path": store.root}
+            info["less.features"] = {"path": store.root, "dtype": store.dtype}
         return info

@@ -15,6 +15,10 @@ With ``per_query=True`` the selector also writes each row's cosine to every targ
 (``queries_rds_<task>``, a list column) and the selection goes round-robin over the target
 examples, each taking its best remaining row in turn: the RDS+ reference's main recipe. The
 default, the global top-k by max cosine, stores one float per row and task instead.
+
+The pool's embeddings are the selector's stored features (kind ``embedding``): a new task embeds
+only its targets. ``kmeans`` with the same model, pooling, max_length and ``text="all"`` has the
+same spec, so in one run the two embed each row once.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..models.embedder import POOLING_CHOICES, model_record, open_embedder, resolve_pooling
+from ..models.features import embedding_spec
 from ..models.loading import DEFAULT_EMBEDDER
 from ..models.records import render
 from .base import RunContext, Selector
@@ -68,6 +73,7 @@ class RDSSelector(Selector):
 
     def setup(self, context: RunContext, prepared=None, targets=None) -> None:
         super().setup(context, prepared, targets)
+        self.spec_ = None
         self.embedder_ = open_embedder(self.model, pooling=self.pooling, max_length=context.max_length,
                                        batch_tokens=context.batch_tokens, device=context.device, dtype=context.dtype,
                                        trust_remote_code=self.trust_remote_code)
@@ -91,8 +97,17 @@ class RDSSelector(Selector):
     def selection_rule(self) -> TopK:
         return TopK(over="queries" if self.per_query else "tasks")
 
-    def score(self, records: list[dict]) -> dict[str, np.ndarray]:
-        vectors = self._embed(records)
+    def feature_spec(self) -> dict:
+        if getattr(self, "spec_", None) is None:
+            self.spec_ = embedding_spec(self.model, self.pooling, "all", self.context_.max_length,
+                                        self.context_.dtype, self.trust_remote_code)
+        return self.spec_
+
+    def featurize(self, records: list[dict]) -> dict[str, np.ndarray]:
+        return {"embedding": self._embed(records)}
+
+    def score_features(self, features: dict[str, np.ndarray], records: list[dict]) -> dict[str, np.ndarray]:
+        vectors = np.ascontiguousarray(features["embedding"], dtype=np.float32)
         out = {}
         for task, column in self.score_columns(self.tasks_).items():
             best, _ = self.indexes_[task].search(vectors, 1)
