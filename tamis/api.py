@@ -38,6 +38,31 @@ def add_task(out: str, target: dict[str, str], **kwargs: Any):
     return run_add_task(out, target, **kwargs)
 
 
+def store_usage(root: str | None = None, storage_options: dict[str, Any] | list[str] | None = None) -> dict:
+    """The feature store's size per kind (entries, rows, bytes, oldest, newest): ``tamis store du``."""
+    from .io.filesystems import use_beam_options
+    from .models.features import FeatureStore, usage
+
+    use_beam_options(storage_options)
+    return usage(FeatureStore(root))
+
+
+def prune_store(root: str | None = None, *, older_than_days: float | None = None, kinds: tuple[str, ...] = (),
+                max_bytes: int | None = None, dry_run: bool = True,
+                storage_options: dict[str, Any] | list[str] | None = None) -> list[str]:
+    """Delete stored features by age, kind or down to a size (oldest first): ``tamis store prune``.
+    Returns the entries' paths; deletes them only with ``dry_run=False``."""
+    from .io.filesystems import use_beam_options
+    from .models.features import FeatureStore, prune_plan
+
+    use_beam_options(storage_options)
+    store = FeatureStore(root)
+    doomed = prune_plan(store, older_than_days=older_than_days, kinds=kinds, max_bytes=max_bytes)
+    if not dry_run:
+        store.delete(doomed)
+    return [e.path for e in doomed]
+
+
 def read_run(out: str, columns: list[str] | None = None,
              storage_options: dict[str, Any] | list[str] | None = None):
     """Every row of a finished run as one pyarrow Table: the shards' columns joined with the columns

@@ -62,6 +62,8 @@ def test_an_added_task_scores_bit_for_bit_as_a_fresh_run_and_no_shard_is_rewritt
     assert manifest["resolved"]["tasks"] == ["animal", "food"]
     assert manifest["tasks"]["food"]["made_by"] == "select" and manifest["tasks"]["animal"]["made_by"] == "add-task"
     assert manifest["tasks"]["animal"]["columns"] == ["score_rds_animal", "queries_rds_animal"]
+    # The pool side came from the store the first run filled: only the targets were embedded.
+    assert manifest["tasks"]["animal"]["store"] == {"rds_features_reused": 300}
     assert manifest["config"]["target"] == {**food, **animal}
     # The selection covers both tasks now, and a trainer reads the new task's picks.
     picked = tamis.load_selected(str(tmp_path / "grown"), task="animal")
@@ -206,3 +208,24 @@ def test_a_deleted_selection_file_is_refused_not_read_as_unselected(tmp_path, po
         tamis.load_selected(str(out))
     tamis.reselect(str(out), 20)  # writes it again
     assert len(tamis.load_selected(str(out))) == 20
+
+
+def test_color_says_its_conditional_scored_the_pool_again(tmp_path, targets_dir, one_thread):
+    from tamis.selectors import registry
+
+    pool = str(write_jsonl(tmp_path / "pool.jsonl", demo_records(120)))
+    params = {f"color.{k}": v for k, v in registry.get("color").test_params().items()}
+    out = tmp_path / "r"
+    tamis.select(pool=[pool], target={"food": targets_dir["food"]}, selector=["color"], param=params, budget=10,
+                 shard_rows=60, out=str(out))
+    added = tamis.add_task(str(out), {"animal": targets_dir["animal"]})
+    assert added.notes == ["color: a model fitted to the new targets scored every row again (its other half came "
+                           "from the feature store)"]
+    task = added.manifest["tasks"]["animal"]
+    assert task["store"] == {"color_features_reused": 120}  # the prior's loss, read back
+    assert "scored every row" in task["pool_side"]["color"]
+    run_fresh = tamis.select(pool=[pool], target={"animal": targets_dir["animal"]}, selector=["color"], param=params,
+                             budget=10, shard_rows=60, out=str(tmp_path / "fresh"))
+    assert run_fresh.counts["accepted"] == 120
+    assert tamis.read_run(str(out)).column("score_color_animal").equals(
+        tamis.read_run(str(tmp_path / "fresh")).column("score_color_animal"))

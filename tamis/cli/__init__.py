@@ -261,7 +261,7 @@ def add_task(
     summary = run_add_task(out, parse_target_pairs(target), replace=replace, runner=runner, workers=workers,
                            beam_args=list(ctx.args) or None, reselect=select)
     out_console.print(f"[bold]tamis add-task[/] {', '.join(summary.tasks)} -> {summary.out}", highlight=False)
-    print_counts(summary.counts, summary.timings, notes=summary.manifest.get("notes"))
+    print_counts(summary.counts, summary.timings, notes=summary.notes + (summary.manifest.get("notes") or []))
 
 
 @app.command("selectors")

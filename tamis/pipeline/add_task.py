@@ -14,7 +14,7 @@ rows go to the same selectors in the same chunks, with the same settings and mod
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -26,6 +26,7 @@ from ..io.filesystems import exists, use_beam_options
 from ..io.runfolder import ADDING, FINISHED, MANIFEST, PLAN, TASK_PREFIX, RunFolder, write_parquet
 from ..schemas.config import SelectConfig
 from ..schemas.records import content_key
+from ..selectors.base import Selector
 from .artifacts import prepare_for_workers
 from .chunks import ValidChunk
 from .options import check_options, pipeline_options
@@ -43,6 +44,7 @@ class AddTaskSummary:
     counts: dict[str, int]
     timings: dict[str, float]
     manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # what the user should know about how the task was scored
 
 
 class ReadShardChunk(beam.DoFn):
@@ -104,9 +106,9 @@ class WriteTaskAttributes(beam.DoFn):
             schema = pa.schema([pa.field("id", pa.string(), nullable=False), *fields,
                                 pa.field(MATCH_PREFIX + task, pa.bool_(), nullable=False)])
             data = {"id": ids, MATCH_PREFIX + task: matches[task]}
-            for field in fields:
-                values = columns.get(field.name)
-                data[field.name] = values if values is not None else [None] * len(ids)
+            for f in fields:
+                values = columns.get(f.name)
+                data[f.name] = values if values is not None else [None] * len(ids)
             write_parquet(self.folder.attribute_path(TASK_PREFIX + task, chunk.name),
                           pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema))
         yield chunk.name
@@ -246,12 +248,15 @@ def run_add_task(out: str, target: dict[str, str], *, replace: bool = False, run
                 "target_file": target[task], "selectors": [s.name for s in plan.selectors],
                 "columns": [f.name for f in task_fields(plan, task)],
                 "store": {k: v for k, v in metrics.items() if "features" in k},
-                "pool_side": {s.name: pool_side(s.name) for s in plan.selectors},
+                "pool_side": {s.name: pool_side(s) for s in plan.selectors},
                 "prepared": {n: (p.to_json() if p is not None else None) for n, p in prepared.items()},
                 "artifacts": artifacts, "score_s": timings["score_s"], "prepare_s": timings["prepare_s"],
                 "chunks": {"planned": len(chunks), "reused": len(done), "computed": len(todo)},
             }
         manifest.setdefault("metrics", {}).update({f"add_task_{k}": v for k, v in metrics.items()})
+        slow = [s.name for s in plan.selectors if s.target_side_reads_pool]
+        notes = [f"{name}: a model fitted to the new targets scored every row again (its other half came from "
+                 "the feature store)" for name in slow]
         manifest["counts"] = count_outputs(folder.path)
         folder.write_json(MANIFEST, manifest)
         if reselect:
@@ -262,15 +267,17 @@ def run_add_task(out: str, target: dict[str, str], *, replace: bool = False, run
         else:
             folder.set_state(FINISHED, by="add-task", chunks=len(chunks))
         timings["total_s"] = time.perf_counter() - t0
-        return AddTaskSummary(folder.path, tasks, manifest["counts"], timings, manifest)
+        return AddTaskSummary(folder.path, tasks, manifest["counts"], timings, manifest, notes)
 
 
-def pool_side(selector: str) -> str:
+def pool_side(selector) -> str:
     """How a selector's pool side was made for an added task, in words for the manifest."""
-    return {"rds": "embeddings from the feature store (computed where missing)",
-            "less": "projected gradients from the feature store (computed where missing)",
-            "color": "prior loss from the feature store; the conditional model, fine-tuned on the new targets, "
-                     "scores every row"}.get(selector, "the selector's feature store, where it has one")
+    if selector.target_side_reads_pool:
+        return ("the target-independent part from the feature store; a model fitted to the new targets "
+                "scored every row")
+    if type(selector).feature_spec is Selector.feature_spec:  # it keeps no stored features
+        return "scored every row (this selector keeps no pool features)"
+    return "from the feature store (computed only where it was missing)"
 
 
 __all__ = ["AddTaskSummary", "MATCH_PREFIX", "run_add_task"]

@@ -227,6 +227,9 @@ class Selector:
     default_budget: ClassVar[float] = 0.05
     #: The type of the record ``prepare`` returns.
     prepared_type: ClassVar[type[Prepared]] = Prepared
+    #: True when a task's target side still reads every pool row (CoLoR-Filter: a conditional model
+    #: fine-tuned on the task's targets scores the pool), so a task added later is not cheap.
+    target_side_reads_pool: ClassVar[bool] = False
 
     def __init__(self) -> None:  # subclasses list their parameters explicitly
         pass

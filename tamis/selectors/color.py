@@ -58,6 +58,7 @@ class ColorFilterSelector(Selector):
 
     name = "color"
     needs_target = True
+    target_side_reads_pool = True  # each task's conditional model scores every row
     prepared_type = ColorPrepared
 
     def __init__(self, model: str | None = None, mode: str | None = None, sample_size: int = 10_000,
