@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--work", default="/tmp/tamis-rds-smollm2")
+    ap.add_argument("--result", default=str(HERE / "results" / "rds_smollm2_wordnet.json"),
+                    help="where the table's JSON goes")
     ap.add_argument("--arms", nargs="*", default=["rds_smollm2", "rds_minilm"],
                     help="from rds_smollm2, rds_minilm, color_smollm2, color_built")
     a = ap.parse_args()
@@ -103,7 +105,7 @@ def main() -> None:
                 line += "  loss " + " / ".join(f"{summary[arm_name]['mean']:.3f}" if isinstance(summary.get(arm_name), dict)
                                               else str(summary.get(arm_name)) for arm_name in ("selected", "random", "full"))
             print(line)
-    dest = HERE / "results" / "rds_smollm2_wordnet.json"
+    dest = Path(a.result)
     dest.write_text(json.dumps(results, indent=2))
     print(f"written {dest}")
 
