@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--pool")
     parser.add_argument("--synthetic", type=int, help="rows of a synthetic pool cycled from --pool (default: the demo pool)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--budgets", default="0.05,0.1,2000")
+    parser.add_argument("--budgets", default="0.05,0.1,2000", help="the first run's budget, then each reselect's")
+    parser.add_argument("--existing", help="a run this script made before: reselect it again, without scoring")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
@@ -73,18 +74,21 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pool = args.pool
-    if args.synthetic:
+    if args.synthetic and not args.existing:
         source = Path(pool) if pool else Path(tamis.__file__).parent / "demo" / "pool.jsonl.gz"
         pool = str(synthetic_pool(out / f"pool{args.synthetic}.jsonl.gz", args.synthetic, source))
     run = out / "run"
-    start = time.perf_counter()
-    summary = tamis.select(pool=[pool], selector=["length"], budget=float(args.budgets.split(",")[0]),
-                           shard_rows=10_000, out=str(run), overwrite=True)
-    score_s = time.perf_counter() - start
-    shard_bytes = sum(p.stat().st_size for p in (run / "shards").glob("*.parquet"))
-    figures = {"pool": pool, "rows": summary.counts["accepted"], "select_s": round(score_s, 1),
-               "shard_files": len(list((run / "shards").glob("*.parquet"))), "shard_bytes": shard_bytes,
-               "tamis": os.path.dirname(tamis.__file__), "reselects": []}
+    figures = {"tamis": os.path.dirname(tamis.__file__), "reselects": []}
+    if args.existing:
+        run = Path(args.existing)
+        figures["existing"] = str(run)
+    else:
+        start = time.perf_counter()
+        summary = tamis.select(pool=[pool], selector=["length"], budget=float(args.budgets.split(",")[0]),
+                               shard_rows=10_000, out=str(run), overwrite=True)
+        figures.update({"pool": pool, "rows": summary.counts["accepted"], "select_s": round(time.perf_counter() - start, 1)})
+    figures["shard_files"] = len(list((run / "shards").glob("*.parquet")))
+    figures["shard_bytes"] = sum(p.stat().st_size for p in (run / "shards").glob("*.parquet"))
     for budget in args.budgets.split(",")[1:]:
         before = snapshot(run)
         start = time.perf_counter()
