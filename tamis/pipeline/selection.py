@@ -202,6 +202,11 @@ def score_sets(folder: RunFolder) -> list[str]:
     return [name for name in folder.attribute_sets() if name != SELECTION]
 
 
+def empty_lists(n: int) -> pa.Array:
+    """``n`` empty lists of strings (a row picked for no task), built without a Python list."""
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
+
+
 class WriteSelection(beam.DoFn):
     """Write one chunk's selection beside its shard; move later duplicates of an id to the rejects.
 
@@ -226,15 +231,13 @@ class WriteSelection(beam.DoFn):
         n = len(ids)
         if selection.num_rows and n:
             picked = selection.take(pc.fill_null(where, 0))  # each row's pick (any, where not selected)
-            tasks = picked.column("selected_for").to_pylist()
             columns = {"rank": pc.if_else(selected, picked.column("rank"), pa.scalar(None, pa.int64())),
-                       "selected_for": pa.array([t if ok else [] for t, ok in zip(tasks, selected.to_pylist())],
-                                                pa.list_(pa.string()))}
+                       "selected_for": pc.if_else(selected, picked.column("selected_for"), empty_lists(n))}
             for field in self.rule_fields:
                 columns[field.name] = pc.if_else(selected, picked.column(field.name).cast(field.type),
                                                  pa.scalar(None, field.type))
         else:
-            columns = {"rank": pa.nulls(n, pa.int64()), "selected_for": pa.array([[]] * n, pa.list_(pa.string())),
+            columns = {"rank": pa.nulls(n, pa.int64()), "selected_for": empty_lists(n),
                        **{f.name: pa.nulls(n, f.type) for f in self.rule_fields}}
         columns.update({"id": ids, "selected": selected})
         write_parquet(self.folder.attribute_path(SELECTION, chunk),
