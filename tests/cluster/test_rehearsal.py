@@ -123,8 +123,9 @@ def test_selector_on_a_shared_nothing_cluster_matches_the_direct_runner(name, cl
 
 KILL_ROWS, KILL_SHARD_ROWS = 600, 50
 # The launcher waits on the job server through Beam's --job_server_timeout (default 300 s); a lost
-# worker ends the first run only when it passes. The first shard is written after ~20 s here.
-KILL_JOB_SERVER_TIMEOUT = 75
+# worker ends the first run only when it passes. The first shard is written ~20 s after the launch here
+# (~10 s after the job is submitted, when the deadline starts).
+KILL_JOB_SERVER_TIMEOUT = 60
 
 
 def test_a_worker_killed_mid_run_loses_no_row(cluster, inputs, tmp_path_factory):
@@ -133,7 +134,7 @@ def test_a_worker_killed_mid_run_loses_no_row(cluster, inputs, tmp_path_factory)
 
     Seen here (Beam 2.77's job server): nothing notices the dead worker, the job hangs until the
     job state stream's gRPC deadline (Beam's --job_server_timeout, 300 s unless given; the first run
-    here gives 75 s), then tamis ends with one line (exit 75: the runner stopped answering, rerun to
+    here gives 60 s), then tamis ends with one line (exit 75: the runner stopped answering, rerun to
     resume); the rerun, with the default timeout, reuses the written shards and completes."""
     import signal
 
