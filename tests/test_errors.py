@@ -187,10 +187,13 @@ def test_a_bug_keeps_its_traceback(tmp_path, pool, monkeypatch):
     sys.modules.pop("tamis_buggy_plugin", None)
 
 
-def test_an_s3_pool_that_cannot_be_reached_is_one_line(tmp_path):
+def test_an_s3_pool_that_cannot_be_reached_is_one_line(tmp_path, caplog):
     res = cli.invoke(app, ["select", "--pool", "s3://tamis-no-such-bucket/pool.jsonl", "--selector", "kmeans",
                            "--out", str(tmp_path / "o")])
     assert "s3://tamis-no-such-bucket/pool.jsonl" in one_line(res)
+    # No credentials is said at once: never handed to Beam's retries (7 tries, about nine minutes).
+    assert "Unable to locate credentials" in res.output
+    assert "Retry with exponential backoff" not in caplog.text
 
 
 def test_a_cloud_client_refusal_wrapped_by_beam_is_one_line():

@@ -81,7 +81,7 @@ def compression(path: str) -> str | None:
 def exists(path: str) -> bool:
     """Beam's view of the path (local, gs://, s3://): a file or folder of that exact name."""
     try:
-        return _fs().exists(path)
+        return _fs(path).exists(path)
     except Exception as e:  # a filesystem that refuses (no credentials, no such bucket)
         raise storage_error("check", path, e) from e
 

@@ -80,12 +80,38 @@ def use_beam_options(options: Mapping[str, Any] | Sequence[str] | None = None) -
     _configured = True
 
 
-def _fs():
-    """Beam's FileSystems, configured; imported on first use so importing tamis.io stays cheap."""
+def _fs(*paths: str):
+    """Beam's FileSystems, configured; imported on first use so importing tamis.io stays cheap.
+    Before an ``s3://`` path is handed over, boto3 must find credentials (:func:`_s3_credentials`)."""
     from apache_beam.io.filesystems import FileSystems
 
     use_beam_options()
+    if any(p.startswith("s3://") for p in paths):
+        _s3_credentials(FileSystems._pipeline_options)
     return FileSystems
+
+
+_s3_checked: list = []  # the options object whose credentials were found (checked once per options)
+
+
+def _s3_credentials(options) -> None:
+    """Raise botocore's NoCredentialsError at once when boto3 finds no credentials for Beam's S3
+    client: neither ``--s3_access_key_id`` nor its own chain (environment, ``~/.aws``, an instance
+    or container role). Beam retries every refused S3 call with exponential backoff, about nine
+    minutes in all, and no retry can make credentials appear."""
+    if _s3_checked and _s3_checked[0] is options:
+        return
+    try:
+        import boto3
+        from apache_beam.options.pipeline_options import S3Options
+    except ImportError:  # Beam itself says that its AWS dependencies are missing
+        return
+    given = options.view_as(S3Options).s3_access_key_id if options is not None else None
+    if not given and boto3.session.Session().get_credentials() is None:
+        from botocore.exceptions import NoCredentialsError
+
+        raise NoCredentialsError()
+    _s3_checked[:] = [options]
 
 
 def _uncompressed():
@@ -142,7 +168,7 @@ def match(pattern: str) -> list[str]:
     try:
         with warnings.catch_warnings():  # "[[]" compiles with a FutureWarning ("possible nested set")
             warnings.simplefilter("ignore", FutureWarning)
-            results = _fs().match([pattern])
+            results = _fs(pattern).match([pattern])
     except Exception as e:
         raise storage_error("list", pattern, e) from e
     return sorted(m.path for r in results for m in r.metadata_list)
@@ -152,7 +178,7 @@ def exists(path: str) -> bool:
     if not is_remote(path):
         return os.path.lexists(path)
     try:
-        return _fs().exists(path)
+        return _fs(path).exists(path)
     except Exception as e:
         raise storage_error("read", path, e) from e
 
@@ -162,7 +188,7 @@ def list_files(uri: str) -> list[tuple[str, int, float]]:
     sorted by path."""
     base = glob_escape(uri.rstrip("/"))
     try:
-        found = [m for r in _fs().match([base + "/**"]) for m in r.metadata_list]
+        found = [m for r in _fs(uri).match([base + "/**"]) for m in r.metadata_list]
         if not found:
             found = [m for r in _fs().match([base]) for m in r.metadata_list]
     except Exception as e:
@@ -180,7 +206,7 @@ def open_read(path: str, decompress: bool = False) -> BinaryIO:
 
     kind = CompressionTypes.AUTO if decompress else CompressionTypes.UNCOMPRESSED
     try:
-        return _fs().open(path, compression_type=kind)
+        return _fs(path).open(path, compression_type=kind)
     except FileNotFoundError:
         raise
     except Exception as e:  # BeamIOError wraps the store's own refusal (no credentials, no bucket)
@@ -231,8 +257,8 @@ def _write_atomically(path: str, fill) -> None:
                 os.remove(tmp)
             raise storage_error("write to", path, e) from e
         return
-    fs = _fs()
     try:
+        fs = _fs(path)
         with fs.create(tmp, compression_type=_uncompressed()) as f:
             fill(f)
         try:
@@ -257,7 +283,7 @@ def delete_files(paths: Iterable[str]) -> None:
     if remote:
         # GCS's delete (like the local one) matches its argument as a pattern; S3's, Azure's and
         # HDFS's take it literally. Any other filesystem is assumed to match, as Beam's base does.
-        fs = _fs()
+        fs = _fs(*remote)
         fs.delete([p if fs.get_scheme(p) in LITERAL_DELETE_SCHEMES else glob_escape(p) for p in remote])
 
 

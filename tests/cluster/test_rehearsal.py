@@ -130,6 +130,10 @@ def test_selector_on_a_shared_nothing_cluster_matches_the_direct_runner(name, cl
 
 
 KILL_ROWS, KILL_SHARD_ROWS = 600, 50
+# The launcher waits on the job server through Beam's --job_server_timeout (default 300 s); a lost
+# worker ends the first run only when it passes (counted from the job's submission). The first
+# shard appears ~17 s after the launch on a busy 2-core machine.
+KILL_JOB_SERVER_TIMEOUT = 60
 
 
 def test_a_worker_killed_mid_run_loses_no_row(cluster, inputs, tmp_path_factory):
@@ -137,9 +141,9 @@ def test_a_worker_killed_mid_run_loses_no_row(cluster, inputs, tmp_path_factory)
     or fails and a rerun of the same command resumes it; in the end every input id is accounted for.
 
     Seen here (Beam 2.77's job server): nothing notices the dead worker, the job hangs until the
-    job state stream's gRPC deadline (about 5 minutes), then tamis ends with one line (exit 75:
-    the runner stopped answering, rerun to resume); the rerun reuses the written shards and
-    completes."""
+    job state stream's gRPC deadline (Beam's --job_server_timeout, 300 s unless given; the first run
+    here gives 60 s), then tamis ends with one line (exit 75: the runner stopped answering, rerun to
+    resume); the rerun, with the default timeout, reuses the written shards and completes."""
     import signal
 
     d = tmp_path_factory.mktemp("kill")
@@ -159,7 +163,8 @@ def test_a_worker_killed_mid_run_loses_no_row(cluster, inputs, tmp_path_factory)
         return [o["Key"] for o in listed if o["Key"].endswith(".parquet")]
 
     start = time.perf_counter()
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen(command + [f"--job_server_timeout={KILL_JOB_SERVER_TIMEOUT}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
     killed = None
     while first.poll() is None and killed is None and time.perf_counter() - start < 600:
         workers = cluster.sdk_workers()
@@ -167,9 +172,11 @@ def test_a_worker_killed_mid_run_loses_no_row(cluster, inputs, tmp_path_factory)
             killed = workers[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.5)
+    killed_at = time.perf_counter() - start
     stdout, stderr = first.communicate(timeout=900)
     written_before = len(shards())
-    print(f"killed worker {killed} after {time.perf_counter() - start:.0f}s; first run exit {first.returncode}, "
+    print(f"killed worker {killed} after {killed_at:.0f}s; first run exit {first.returncode} after "
+          f"{time.perf_counter() - start:.0f}s, "
           f"{written_before} of {KILL_ROWS // KILL_SHARD_ROWS} shards written\n--- stdout\n{stdout}\n--- stderr (tail)\n"
           f"{stderr[-1500:]}")
     assert killed is not None, "no worker was running once shards appeared"
