@@ -196,6 +196,14 @@ def test_an_s3_pool_that_cannot_be_reached_is_one_line(tmp_path, caplog):
     assert "Retry with exponential backoff" not in caplog.text
 
 
+def test_an_s3_out_without_credentials_is_one_line_at_once(tmp_path, caplog):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "text": "x"}\n')
+    res = cli.invoke(app, ["select", "--pool", str(pool), "--selector", "kmeans", "--out", "s3://tamis-no-such-bucket/run"])
+    assert "Unable to locate credentials" in one_line(res)
+    assert "Retry with exponential backoff" not in caplog.text
+
+
 def test_a_cloud_client_refusal_wrapped_by_beam_is_one_line():
     botocore = pytest.importorskip("botocore.exceptions")
     from apache_beam.io.filesystem import BeamIOError

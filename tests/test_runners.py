@@ -163,3 +163,21 @@ def test_every_dofn_and_model_handler_pickles_and_runs_in_a_fresh_interpreter(tm
     assert remote["types"] == [type(f).__module__ + "." + type(f).__qualname__ for f in fns]
     assert remote["scores"] == {k: v.tobytes() for k, v in local.inference.items()}  # bit for bit
     assert json.loads(remote["model_id"])["models"]["rds.embedder"]["sha256"] == fingerprint(tiny_encoder)
+
+
+def test_a_job_server_run_is_not_cut_off_after_beams_five_minutes():
+    """Beam's --job_server_timeout (300 s) bounds the launcher's whole wait on a job server, so
+    every PortableRunner or Flink run longer than five minutes ended as 'the runner stopped
+    answering' (exit 75). tamis passes a week unless the user gives their own."""
+    from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+
+    from tamis.pipeline.options import beam_argv
+
+    def timeout(runner, args):
+        return PipelineOptions(beam_argv(runner, 1, args)).view_as(PortableOptions).job_server_timeout
+
+    pool = ["--environment_type=EXTERNAL", "--environment_config=localhost:50000"]
+    assert timeout("PortableRunner", ["--job_endpoint=localhost:8099", *pool]) >= 86400
+    assert timeout("PortableRunner", []) >= 86400  # the embedded job server too
+    assert timeout("FlinkRunner", pool) >= 86400
+    assert timeout("PortableRunner", ["--job_endpoint=localhost:8099", *pool, "--job_server_timeout=60"]) == 60

@@ -190,7 +190,7 @@ def list_files(uri: str) -> list[tuple[str, int, float]]:
     try:
         found = [m for r in _fs(uri).match([base + "/**"]) for m in r.metadata_list]
         if not found:
-            found = [m for r in _fs().match([base]) for m in r.metadata_list]
+            found = [m for r in _fs(base).match([base]) for m in r.metadata_list]
     except Exception as e:
         raise storage_error("list", uri, e) from e
     return sorted(((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in found), key=lambda t: t[0])

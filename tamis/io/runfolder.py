@@ -266,7 +266,7 @@ class RunFolder:
     def ensure_writable(self) -> None:
         """Create OUT (and its parents) or refuse with one line: a file, a symlinked entry, read-only."""
         if self.remote:
-            if _fs().exists(self.path):  # an object named exactly OUT
+            if _fs(self.path).exists(self.path):  # an object named exactly OUT
                 raise RunFolderError(f"--out {self.path} is a file, not a folder")
             return
         p = self.path
@@ -305,7 +305,7 @@ class RunFolder:
         path = self.join(name)
         if self.remote:
             files = match(glob_escape(path) + "/**") if name in (SHARDS, ATTRIBUTES, REJECTS, WORK) else []
-            if _fs().exists(path):
+            if _fs(path).exists(path):
                 files.append(path)
             if files:
                 delete_files(files)

@@ -34,7 +34,16 @@ def beam_argv(runner: str, workers: int, beam_args: list[str]) -> list[str]:
         # Alone, PortableRunner means the embedded job server with the LOOPBACK environment:
         # the portable Fn API path that Flink and Dataflow use, with no Docker.
         argv += ["--job_endpoint=embed", "--environment_type=LOOPBACK"]
+    if runner in JOB_SERVER_RUNNERS and "--job_server_timeout" not in passed:
+        # Beam's 300 s default bounds the launcher's whole wait on the job, not only a silence:
+        # every run longer than five minutes would end as "the runner stopped answering".
+        argv += [f"--job_server_timeout={JOB_SERVER_TIMEOUT_S}"]
     return argv + list(beam_args)
+
+
+#: Runners whose launcher waits on a job server (Beam's --job_server_timeout applies to them).
+JOB_SERVER_RUNNERS = ("PortableRunner", "FlinkRunner", "SparkRunner")
+JOB_SERVER_TIMEOUT_S = 7 * 24 * 3600  # a week: a run's length is no reason to stop waiting
 
 
 def pipeline_options(config, workers: int | None = None):
