@@ -66,16 +66,16 @@ class ScoreForTasks(beam.DoFn):
     """Score a chunk for the new tasks; a row whose scoring fails every attempt gets no score (NaN)
     for them (it stays in the run: it was accepted once, and is simply never picked for them)."""
 
-    def __init__(self, handler: SelectorModelHandler):
-        self.handler = handler
+    def __init__(self, handler: SelectorModelHandler, context):
+        self.handler = handler  # loads the selectors once per worker, as pass 1's RunInference does
+        self.context = context
 
     def setup(self):
         self.model = self.handler.load_model()
 
     def process(self, item):
         chunk, matches = item
-        context = self.handler._context
-        kept, columns = score_chunk(self.model, chunk, context.score_attempts, context.retry_backoff_s)
+        kept, columns = score_chunk(self.model, chunk, self.context.score_attempts, self.context.retry_backoff_s)
         report_counters(self.model)  # features reused from the store, and computed
         if len(kept.records) != len(chunk.records):
             position = {r["id"]: i for i, r in enumerate(kept.records)}
@@ -215,15 +215,16 @@ def run_add_task(out: str, target: dict[str, str], *, replace: bool = False, run
         if todo:
             from .run import _metrics
 
+            context = plan.context()
             handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name)) for s in plan.selectors],
-                                           targets, plan.context())
+                                           targets, context)
             keys = {task: frozenset(content_key(r) for r in examples) for task, examples in targets.items()}
             pipeline = beam.Pipeline(options=pipeline_options(config))
             _ = (pipeline
                  | "Chunks" >> beam.Create(todo)
                  | "Distribute" >> beam.Reshuffle()
                  | "ReadShards" >> beam.ParDo(ReadShardChunk(folder.path, keys))
-                 | "Score" >> beam.ParDo(ScoreForTasks(handler))
+                 | "Score" >> beam.ParDo(ScoreForTasks(handler, context))
                  | "WriteTasks" >> beam.ParDo(WriteTaskAttributes(folder.path, {t: task_fields(plan, t) for t in tasks})))
             result = pipeline.run()
             result.wait_until_finish()
