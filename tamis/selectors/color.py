@@ -11,7 +11,10 @@ Selecting on L_cond alone is a different, weaker criterion, which is why the pri
 Two settings, by whether ``model`` is given:
 
 * **A pretrained model** (``model`` = HF id or folder): the prior is the model itself, untrained
-  (``prior_epochs`` 0), as a pretrained LM already is a generic model of text. The conditional is
+  (``prior_epochs`` 0), as a pretrained LM already is a generic model of text. Measured on WordNet
+  with SmolLM2 (README), that is not enough when the pool's format is new to the model: the
+  conditional then learns the format, and every task ranks rows by it; ``prior_epochs=1`` first
+  warms the prior on the pool sample, as the paper's prior knows its data. The conditional is
   the model fine-tuned on the task's targets with LoRA (rank 16, alpha 32, on the attention
   projections) at lr 1e-4: the paper's lr 1e-3 is for a 150M model trained from scratch, and full
   fine-tuning a pretrained LM at that rate on a few dozen examples would wreck it.
