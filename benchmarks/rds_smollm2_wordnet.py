@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--result", default=str(HERE / "results" / "rds_smollm2_wordnet.json"),
                     help="where the table's JSON goes")
     ap.add_argument("--arms", nargs="*", default=["rds_smollm2", "rds_minilm"],
-                    help="from rds_smollm2, rds_minilm, color_smollm2, color_built")
+                    help="from rds_smollm2, rds_minilm, color_smollm2, color_smollm2warm, color_built")
     a = ap.parse_args()
 
     sys.path.insert(0, str(HERE))
@@ -75,6 +75,7 @@ def main() -> None:
         "rds_minilm": ("rds", []),
         "color_smollm2": ("color", [f"color.model={folder}"]),
         "color_built": ("color", []),
+        "color_smollm2warm": ("color", [f"color.model={folder}", "color.prior_epochs=1"]),  # prior warmed on the pool
     }
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     results = {"rows": a.rows, "k": k, "seeds": a.seeds, "steps": a.steps, "max_length": a.max_length,
