@@ -211,7 +211,7 @@ def test_data_controlled_strings_never_name_output_files(tmp_path, targets_dir, 
     out = tmp_path / "out"
     assert all(out in p.parents or p == out for p in created)
     names = sorted(str(p.relative_to(out)) for p in created if p.is_file())
-    pattern = re.compile(r"(shards|rejects|attributes/selection)/part-\d{4}-\d{5}\.parquet|_work/(plan|state|targets|selection_report)\.json"
+    pattern = re.compile(r"(shards|rejects|attributes/selection)/part-\d{4}-\d{5}\.parquet|_work/(plan|state|targets|selection_report|unique_ids)\.json"
                          r"|manifest\.json|\.tamis\.lock")
     assert all(pattern.fullmatch(n) for n in names), names
     assert {"../../escape", "/abs/id"} <= set(read_shards(out).column("id").to_pylist())

@@ -94,6 +94,9 @@ def _graph(tmp_path, targets_dir, tiny_encoder):
         select = beam.Pipeline(options=pipeline_options(config))
         selection_pipeline(select, config.out, [f"{config.out}/shards/part-0000-00000.parquet"], rule, 30)
         pipelines.append(select)
+    from tamis.pipeline.add_task import task_pipeline
+
+    pipelines.append(task_pipeline(plan, ["part-0000-00000"], {}, beam.Pipeline(options=pipeline_options(config))))
     return config, targets, pipelines
 
 

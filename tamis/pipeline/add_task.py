@@ -114,6 +114,24 @@ class WriteTaskAttributes(beam.DoFn):
         yield chunk.name
 
 
+def task_pipeline(plan: Plan, chunks: list[str], prepared: dict, pipeline=None):
+    """The add-task graph over ``chunks`` of the run ``plan.config.out``, built and not run: read
+    each shard's rows back, score them for the plan's tasks, write each task's attribute files."""
+    context = plan.context()
+    handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name)) for s in plan.selectors],
+                                   plan.targets, context)
+    keys = {task: frozenset(content_key(r) for r in examples) for task, examples in plan.targets.items()}
+    out = RunFolder(plan.config.out).path
+    pipeline = pipeline or beam.Pipeline(options=pipeline_options(plan.config))
+    _ = (pipeline
+         | "Chunks" >> beam.Create(chunks)
+         | "Distribute" >> beam.Reshuffle()
+         | "ReadShards" >> beam.ParDo(ReadShardChunk(out, keys))
+         | "Score" >> beam.ParDo(ScoreForTasks(handler, context))
+         | "WriteTasks" >> beam.ParDo(WriteTaskAttributes(out, {t: task_fields(plan, t) for t in plan.tasks})))
+    return pipeline
+
+
 def task_fields(plan: Plan, task: str) -> list[pa.Field]:
     """The columns the run's targeted selectors write for one task."""
     return [f for s in plan.selectors for f in s.columns([task])]
@@ -215,17 +233,7 @@ def run_add_task(out: str, target: dict[str, str], *, replace: bool = False, run
         if todo:
             from .run import _metrics
 
-            context = plan.context()
-            handler = SelectorModelHandler([(s.name, s.get_params(), prepared.get(s.name)) for s in plan.selectors],
-                                           targets, context)
-            keys = {task: frozenset(content_key(r) for r in examples) for task, examples in targets.items()}
-            pipeline = beam.Pipeline(options=pipeline_options(config))
-            _ = (pipeline
-                 | "Chunks" >> beam.Create(todo)
-                 | "Distribute" >> beam.Reshuffle()
-                 | "ReadShards" >> beam.ParDo(ReadShardChunk(folder.path, keys))
-                 | "Score" >> beam.ParDo(ScoreForTasks(handler, context))
-                 | "WriteTasks" >> beam.ParDo(WriteTaskAttributes(folder.path, {t: task_fields(plan, t) for t in tasks})))
+            pipeline = task_pipeline(plan, todo, prepared)
             result = pipeline.run()
             result.wait_until_finish()
             metrics = _metrics(result)
