@@ -19,7 +19,7 @@ from .artifacts import prepare_for_workers
 from .options import beam_argv, check_options, resolved_options
 from .plan import Plan, load_config
 from .run import begin_scoring, score_pipeline
-from .selection import selection_pipeline
+from .selection import ScoreLayout, selection_pipeline
 
 
 @dataclass
@@ -67,7 +67,8 @@ def dry_run(config: SelectConfig) -> DryRun:
     score = score_pipeline(plan, set(), pipeline=pipeline())
     select = pipeline()
     selection_pipeline(select, config.out.rstrip("/"), [f"{config.out.rstrip('/')}/shards/part-0000-00000.parquet"],
-                       plan.ranking({}), 1)
+                       plan.ranking({}), 1,
+                       layout=ScoreLayout((), ("matches_target",)))  # a dry run lists nothing
     protos = {"score": score.to_runner_api(), "select": select.to_runner_api()}
     return DryRun(config.runner, resolved_options(options), columns,
                   {k: len(p.components.transforms) for k, p in protos.items()},

@@ -77,8 +77,8 @@ def later_duplicates(item: tuple[str, list[tuple[int, int]]]):
 class ShardCandidates(beam.DoFn):
     """Each shard's own top-k per task (or per target example): partial top-k before the global combine."""
 
-    def __init__(self, out: str, ranking: Ranking, k: int):
-        self.folder, self.ranking, self.k = RunFolder(out), ranking, k
+    def __init__(self, out: str, ranking: Ranking, k: int, layout: "ScoreLayout"):
+        self.folder, self.ranking, self.k, self.layout = RunFolder(out), ranking, k, layout
 
     def score_lists(self, table: pa.Table):
         """(key, scores) per candidate list: per task, or per (task, target example)."""
@@ -97,7 +97,7 @@ class ShardCandidates(beam.DoFn):
         cols = sorted(set(self.ranking.task_columns.values()))
         if self.ranking.rule.over == "queries":
             cols = [query_column(c) for c in cols]
-        table = self.folder.read_chunk(chunk, ["id", *self.folder.match_columns(), *cols], score_sets(self.folder))
+        table = self.folder.read_chunk(chunk, ["id", *self.layout.matches, *cols], list(self.layout.sets))
         eligible = eligible_rows(table, index, self.ranking, duplicates)
         ids = np.array(table.column("id").to_pylist() + [None], dtype=object)[:-1]  # strings, not characters
         for key, scores in self.score_lists(table):
@@ -197,9 +197,18 @@ def picks_table(picks: dict[str, Pick], fields: tuple[pa.Field, ...] = ()) -> pa
     return pa.table(data)
 
 
-def score_sets(folder: RunFolder) -> list[str]:
-    """The attribute sets that hold scores (tasks added later), not the selection being replaced."""
-    return [name for name in folder.attribute_sets() if name != SELECTION]
+@dataclass(frozen=True)
+class ScoreLayout:
+    """Where a run's scores lie, listed once when the pass is built (not once per shard and step):
+    the attribute sets that hold scores (tasks added later; not the selection being replaced), and
+    the target-match columns (``matches_target`` and each added task's)."""
+
+    sets: tuple[str, ...]
+    matches: tuple[str, ...]
+
+    @classmethod
+    def of(cls, folder: RunFolder) -> "ScoreLayout":
+        return cls(tuple(n for n in folder.attribute_sets() if n != SELECTION), tuple(folder.match_columns()))
 
 
 def empty_lists(n: int) -> pa.Array:
@@ -271,10 +280,11 @@ def chunk_name(path_or_name: str) -> str:
 
 
 def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: Ranking, rows: int,
-                       unique_ids: bool = False):
+                       unique_ids: bool = False, layout: ScoreLayout | None = None):
     """Add the selection pass to pipeline ``p`` over the given chunks (names, or their shards'
     paths; ``rows``: all their rows). ``unique_ids``: the shards are known to repeat no id (an
-    earlier selection removed the repeats and they have not changed since), so none is searched for."""
+    earlier selection removed the repeats and they have not changed since), so none is searched for.
+    ``layout``: where the scores lie; by default listed from the run folder now."""
     chunks = [chunk_name(c) for c in chunks]
     shards = p | "Shards" >> beam.Create(list(enumerate(chunks)))
     if unique_ids:
@@ -286,17 +296,18 @@ def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: R
                       | "LaterDuplicates" >> beam.FlatMap(later_duplicates))
     dup_list = beam.pvalue.AsList(duplicates)
     n_dups = duplicates | "CountDuplicates" >> beam.combiners.Count.Globally()
-    eligible = beam.pvalue.AsSingleton(rows_eligible(out, shards, ranking, dup_list))
+    layout = layout or ScoreLayout.of(RunFolder(out))
+    eligible = beam.pvalue.AsSingleton(rows_eligible(out, shards, ranking, dup_list, layout))
     if isinstance(ranking.rule, TableRule):
         selection = (shards
-                     | "GatherInputs" >> beam.ParDo(EligibleColumns(out, ranking), dup_list)
+                     | "GatherInputs" >> beam.ParDo(EligibleColumns(out, ranking, layout), dup_list)
                      | "AllRows" >> beam.combiners.ToList()
                      | "TableRule" >> beam.Map(table_selection, ranking, out, chunks))
     else:
         # An upper bound on each task's candidates: the exact k needs the eligible count, which the pipeline computes.
         k_max = max(ranking.budget.upper_bound(rows, ranking.rule.skip), 1)
         top = (shards
-               | "Candidates" >> beam.ParDo(ShardCandidates(out, ranking, k_max), dup_list)
+               | "Candidates" >> beam.ParDo(ShardCandidates(out, ranking, k_max, layout), dup_list)
                | "TopPerTask" >> beam.CombinePerKey(TopCandidates(k_max))
                | "AllTasks" >> beam.combiners.ToList())
         selection = top | "TopK" >> beam.Map(merge_selection, ranking, eligible)
@@ -308,14 +319,13 @@ def selection_pipeline(p: beam.Pipeline, out: str, chunks: list[str], ranking: R
 class EligibleColumns(beam.DoFn):
     """A chunk's eligible rows, ``id`` and the table rule's input columns only."""
 
-    def __init__(self, out: str, ranking: Ranking):
-        self.folder, self.ranking = RunFolder(out), ranking
+    def __init__(self, out: str, ranking: Ranking, layout: ScoreLayout):
+        self.folder, self.ranking, self.layout = RunFolder(out), ranking, layout
 
     def process(self, item: tuple[int, str], duplicates: list):
         index, chunk = item
         columns = ["id", *self.ranking.rule.inputs]
-        table = self.folder.read_chunk(chunk, sorted(set(columns) | set(self.folder.match_columns())),
-                                       score_sets(self.folder))
+        table = self.folder.read_chunk(chunk, sorted(set(columns) | set(self.layout.matches)), list(self.layout.sets))
         yield table.filter(pa.array(eligible_rows(table, index, self.ranking, duplicates))).select(columns)
 
 
@@ -357,13 +367,13 @@ def table_selection(tables: list[pa.Table], ranking: Ranking, out: str, chunks: 
     return picks_table(choice.picks(), rule_fields(ranking))
 
 
-def rows_eligible(out: str, shards, ranking: Ranking, dup_list):
+def rows_eligible(out: str, shards, ranking: Ranking, dup_list, layout: ScoreLayout):
     """How many rows may be selected: not a target match, not a later duplicate."""
     folder = RunFolder(out)
 
     def count(item, duplicates):
         index, chunk = item
-        table = folder.read_chunk(chunk, folder.match_columns(), score_sets(folder))
+        table = folder.read_chunk(chunk, list(layout.matches), list(layout.sets))
         return int(eligible_rows(table, index, ranking, duplicates).sum())
 
     return (shards | "Eligible" >> beam.Map(count, dup_list)
