@@ -39,8 +39,9 @@ from smollm import missing, smollm2_folder
 BENCH = Path(os.environ.get("TAMIS_BENCH_WORDNET") or Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
 if not BENCH.exists():
     BENCH = Path("/work/shared/bench/wordnet")
-RUNS = [  # (rows, proj_dim, chunk_size)
-    (120, 8192, 16), (1000, 8192, 16), (120, 1024, 16), (120, 4096, 16), (120, 8192, 8), (120, 8192, 32),
+RUNS = [  # (rows, proj_dim, chunk_size, block_mb): 256 is the default; 4096 buffers ~68 rows per projection
+    (120, 8192, 16, 256), (1000, 8192, 16, 256), (120, 1024, 16, 256), (120, 4096, 16, 256), (120, 8192, 8, 256),
+    (120, 8192, 32, 256), (120, 8192, 16, 4096),
 ]
 
 
@@ -60,17 +61,17 @@ def time_v(stderr: str) -> dict:
     return {"peak_rss_mb": round(rss / 1024), "wall_s": round(seconds, 1), "exit_status": status}
 
 
-def run_cli(model: str, rows: int, proj_dim: int, chunk: int, work: Path, timeout: int) -> dict:
+def run_cli(model: str, rows: int, proj_dim: int, chunk: int, block_mb: int, work: Path, timeout: int) -> dict:
     pool = write_pool(rows, work)
-    out = work / f"out-{rows}-{proj_dim}-{chunk}"
+    out = work / f"out-{rows}-{proj_dim}-{chunk}-{block_mb}"
     cmd = ["/usr/bin/time", "-v", "timeout", str(timeout), sys.executable, "-m", "tamis", "select",
            "--pool", str(pool), "--target", f"food={BENCH / 'targets' / 'food' / 'dev.jsonl'}",
            "--selector", "less", "--param", f"less.model={model}", "--param", f"less.proj_dim={proj_dim}",
-           "--param", f"less.chunk_size={chunk}", "--param", f"less.feature_store={work / 'features'}",
+           "--param", f"less.chunk_size={chunk}", "--param", f"less.block_mb={block_mb}", "--param", f"less.feature_store={work / 'features'}",
            "--budget", "0.1", "--max-length", "128", "--out", str(out), "--overwrite", "--no-progress"]
     env = {**os.environ, "TAMIS_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    result = {"rows": rows, "proj_dim": proj_dim, "chunk_size": chunk, **time_v(done.stderr)}
+    result = {"rows": rows, "proj_dim": proj_dim, "chunk_size": chunk, "block_mb": block_mb, **time_v(done.stderr)}
     result["completed"] = result["exit_status"] == 0
     result["stopped_at_timeout"] = result["exit_status"] == 124
     if not (result["completed"] or result["stopped_at_timeout"]):
@@ -78,8 +79,12 @@ def run_cli(model: str, rows: int, proj_dim: int, chunk: int, work: Path, timeou
     return result
 
 
-def rate(model_dir: str, chunk: int, proj_dims: list[int], tiles: int = 12) -> dict:
-    """Seconds per chunk of featurization at one checkpoint, measured by parts (see module doc)."""
+def rate(model_dir: str, chunk: int, proj_dims: list[int], projection_rows: list[int], tiles: int = 24) -> dict:
+    """Seconds per row and checkpoint of featurization, measured by parts (see module doc).
+
+    ``projection_rows``: rows multiplied by each regenerated tile. That is the chunk size when a
+    chunk's gradients stream (they exceed ``block_mb``), and up to ``block_mb / (4 x D)`` rows
+    when they fit and are buffered (``less.block_mb=4096`` holds 68 rows of SmolLM2's 14.7 M)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -106,23 +111,23 @@ def rate(model_dir: str, chunk: int, proj_dims: list[int], tiles: int = 12) -> d
     n_tiles = math.ceil(dim / 1024)
     out = {"lora_params": dim, "chunk_size": chunk, "mean_tokens": sum(len(e) for e in examples) / len(examples),
            "gradients_s_per_chunk": round(grad_s, 2), "tiles_per_chunk": n_tiles, "by_proj_dim": {}}
-    x = torch.randn(chunk, 1024)
     for k in proj_dims:
-        p = RademacherProjector(dim, k, seed=0)
-        acc = torch.zeros(chunk, k)
-        start = time.perf_counter()
-        for t in range(tiles):
-            block = p.tile(t)
-        gen = (time.perf_counter() - start) / tiles
-        start = time.perf_counter()
-        for _ in range(tiles):
-            acc.addmm_(x, block)
-        mm = (time.perf_counter() - start) / tiles
-        per_chunk = grad_s + n_tiles * (gen + mm)
-        out["by_proj_dim"][k] = {"tile_generate_s": round(gen, 4), "tile_matmul_s": round(mm, 4),
-                                 "projection_gflop_per_s": round(2 * chunk * 1024 * k / mm / 1e9, 1),
-                                 "seconds_per_chunk": round(per_chunk, 1),
-                                 "rows_x_checkpoints_per_s": round(chunk / per_chunk, 4)}
+        p = RademacherProjector(dim, k, seed=0, cache_bytes=0)
+        by_rows = {}
+        for rows in projection_rows:
+            # As the projection loops run it: each tile made into the reused buffer, then multiplied.
+            x, acc = torch.randn(rows, 1024), torch.zeros(rows, k)
+            p.scratch_rows(0, 1024)  # the buffers' first allocation is not a per-tile cost
+            start = time.perf_counter()
+            for t in range(tiles):
+                acc.addmm_(x, p.scratch_rows(t * 1024, (t + 1) * 1024))
+            tile_s = (time.perf_counter() - start) / tiles
+            # gradients scale with rows; the projection costs n_tiles x tile_s per `rows` rows
+            per_row = grad_s / chunk + n_tiles * tile_s / rows
+            by_rows[rows] = {"tile_s": round(tile_s, 4), "projection_gflop_per_s": round(2 * rows * 1024 * k / tile_s / 1e9, 1),
+                             "seconds_per_row_checkpoint": round(per_row, 2),
+                             "rows_x_checkpoints_per_s": round(1 / per_row, 4)}
+        out["by_proj_dim"][k] = by_rows
     return out
 
 
@@ -130,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=int, default=240, help="seconds per CLI run")
     ap.add_argument("--work", default=None, help="folder for pools, caches and outputs (default: a temp folder)")
-    ap.add_argument("--config", action="append", default=None, metavar="ROWS,PROJ_DIM,CHUNK",
+    ap.add_argument("--config", action="append", default=None, metavar="ROWS,PROJ_DIM,CHUNK[,BLOCK_MB]",
                     help="run only these configurations (repeatable); their results replace earlier ones")
     ap.add_argument("--skip-runs", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
@@ -149,29 +154,31 @@ def main() -> None:
                                "other jobs during the measurement",
                     "threads": os.environ.get("OMP_NUM_THREADS"), "timeout_s": a.timeout})
     if not a.skip_runs:
-        configs = [tuple(int(v) for v in c.split(",")) for c in a.config] if a.config else RUNS
-        kept = [r for r in summary.get("runs", []) if a.config and (r["rows"], r["proj_dim"], r["chunk_size"]) not in configs]
+        configs = [(tuple(int(v) for v in c.split(",")) + (256,))[:4] for c in a.config] if a.config else RUNS
+        kept = [r for r in summary.get("runs", []) if a.config and
+                (r["rows"], r["proj_dim"], r["chunk_size"], r.get("block_mb", 256)) not in configs]
         summary["runs"] = kept
-        for rows, proj_dim, chunk in configs:
-            result = run_cli(model, rows, proj_dim, chunk, work, a.timeout)
+        for rows, proj_dim, chunk, block_mb in configs:
+            result = run_cli(model, rows, proj_dim, chunk, block_mb, work, a.timeout)
             result["timeout_s"] = a.timeout
             summary["runs"].append(result)
             state = "done" if result["completed"] else "stopped at timeout" if result["stopped_at_timeout"] else "FAILED"
-            print(f"rows={rows:5d} proj_dim={proj_dim:5d} chunk={chunk:3d}: peak RSS {result['peak_rss_mb']:6d} MB, "
+            print(f"rows={rows:5d} proj_dim={proj_dim:5d} chunk={chunk:3d} block_mb={block_mb:5d}: peak RSS {result['peak_rss_mb']:6d} MB, "
                   f"wall {result['wall_s']:7.1f} s ({state})", flush=True)
             out_path.write_text(json.dumps(summary, indent=2) + "\n")
     if not a.skip_rate:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
-        summary["rate"] = rate(model, 16, [1024, 4096, 8192])
+        summary["rate"] = rate(model, 16, [1024, 4096, 8192], [16, 32, 64])
         r = summary["rate"]
         print(f"gradients: {r['gradients_s_per_chunk']} s per chunk of 16 ({r['lora_params']:,} LoRA parameters, "
               f"{r['tiles_per_chunk']} tiles per chunk)")
-        for k, v in r["by_proj_dim"].items():
-            print(f"proj_dim={k:5d}: tile {v['tile_generate_s']:.3f} s + matmul {v['tile_matmul_s']:.3f} s "
-                  f"({v['projection_gflop_per_s']} GFLOP/s) -> {v['seconds_per_chunk']:.0f} s per chunk, "
-                  f"{v['rows_x_checkpoints_per_s']:.4f} rows x checkpoints/s")
+        for k, by_rows in r["by_proj_dim"].items():
+            for rows, v in by_rows.items():
+                print(f"proj_dim={k:5d}, {rows:3d} rows per tile: {v['tile_s']:.4f} s per tile "
+                      f"({v['projection_gflop_per_s']} GFLOP/s) -> {v['seconds_per_row_checkpoint']:.2f} s per row "
+                      f"and checkpoint, {v['rows_x_checkpoints_per_s']:.4f} rows x checkpoints/s")
         out_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out_path}")
 

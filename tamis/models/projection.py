@@ -12,6 +12,9 @@ d=8192 a dense fp32 matrix would take terabytes for a 7B model).
 from __future__ import annotations
 
 import hashlib
+import sys
+
+import torch
 
 DEFAULT_TILE_ROWS = 1024
 VERSION = "hash32x32-v1"  # part of the definition: feature stores key on it
@@ -23,25 +26,27 @@ def _seed32(seed: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def _mix32(x):
-    """A 32-bit integer hash (the "lowbias32" mixer) on int64 tensors holding values < 2**32.
-    Products may wrap around 2**64; only their low 32 bits are kept, which wrapping preserves."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
+def _mix32_(x, tmp):
+    """The "lowbias32" 32-bit integer hash, in place, on int64 tensors holding values < 2**32.
+    Products may wrap around 2**64; only their low 32 bits are kept, which wrapping preserves.
+    In place with one scratch tensor: a tile's words are megabytes, and fresh tensors of that
+    size cost a page fault per 4 KiB, more than the arithmetic."""
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=tmp))
+    x.mul_(0x7FEB352D).bitwise_and_(_MASK32)
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 15, out=tmp))
+    x.mul_(0x846CA68B).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=tmp))
 
 
-def _words(rows, out_dim: int, seed: int):
-    """The 32-bit hash words [len(rows), ceil(out_dim / 32)] (int64) that hold the signs."""
-    import torch
-
+def _words(rows, out_dim: int, seed: int, out=None, tmp=None):
+    """The 32-bit hash words [len(rows), ceil(out_dim / 32)] (int64) that hold the signs.
+    ``out`` and ``tmp``, int64 tensors of that shape, are written over when given."""
     n_blocks = -(-out_dim // 32)
     blocks = torch.arange(n_blocks, dtype=torch.int64, device=rows.device)
-    index = rows[:, None] * n_blocks + blocks[None, :]
-    lo, hi = index & _MASK32, index >> 32
-    return _mix32(_mix32((lo * 0x9E3779B1 + hi * 0x85EBCA77 + _seed32(seed)) & _MASK32))
+    x = torch.add(blocks[None, :], rows[:, None] * n_blocks, out=out)  # the entry block's global index
+    tmp = torch.bitwise_right_shift(x, 32, out=tmp)
+    x.bitwise_and_(_MASK32).mul_(0x9E3779B1).add_(tmp.mul_(0x85EBCA77)).add_(_seed32(seed)).bitwise_and_(_MASK32)
+    return _mix32_(_mix32_(x, tmp), tmp)
 
 
 def rademacher_bits(rows, out_dim: int, seed: int, device=None):
@@ -50,8 +55,6 @@ def rademacher_bits(rows, out_dim: int, seed: int, device=None):
     One 32-bit hash per (row, block of 32 columns) gives that block's 32 signs, bit j for
     column 32*block + j: a few integer operations per entry instead of a whole hash each.
     This is the definition; :meth:`RademacherProjector.tile` makes the same signs faster."""
-    import torch
-
     rows = torch.as_tensor(rows, dtype=torch.int64, device=device)
     words = _words(rows, out_dim, seed)
     shifts = torch.arange(32, dtype=torch.int64, device=rows.device)
@@ -71,6 +74,7 @@ class RademacherProjector:
         self.device = device
         self.cache_bytes = cache_bytes
         self._matrix = None
+        self._scratch = None  # the reused tile buffer of scratch_rows
 
     @property
     def definition(self) -> dict:
@@ -93,25 +97,48 @@ class RademacherProjector:
         return self.rows(start, min(start + self.tile_rows, self.in_dim))
 
     def rows(self, start: int, stop: int):
-        """Rows ``[start, stop)`` of the matrix as fp32 on ``device``, made alone.
+        """Rows ``[start, stop)`` of the matrix as fp32 on ``device``, made alone (a new tensor)."""
+        if self._matrix is not None:
+            return self._matrix[start:stop]
+        return self._fill(start, stop, torch.empty((stop - start, self.out_dim), dtype=torch.float32,
+                                                   device=self.device))
+
+    def scratch_rows(self, start: int, stop: int):
+        """Rows ``[start, stop)`` like :meth:`rows`, but written into buffers that the next call
+        overwrites: for callers that use a tile once and drop it (the projection loops). A tile
+        is tens of megabytes, and a fresh one each time costs more in page faults than making it."""
+        if self._matrix is not None:
+            return self._matrix[start:stop]
+        n, n_blocks = stop - start, -(-self.out_dim // 32)
+        if self._scratch is None or self._scratch[0].shape[0] < n:
+            self._scratch = (torch.empty((n, self.out_dim), dtype=torch.float32, device=self.device),
+                             torch.empty((2, n, n_blocks), dtype=torch.int64, device=self.device),
+                             torch.empty((n, n_blocks, 4), dtype=torch.int64, device=self.device))
+        tile, words, octets = self._scratch
+        return self._fill(start, stop, tile[:n], words[:, :n], octets[:n])
+
+    def _fill(self, start: int, stop: int, out, words=None, octets=None):
+        """Writes rows ``[start, stop)`` into ``out`` [stop - start, out_dim] and returns it.
 
         Each hash word's four bytes index a [256, 8] table of signed scales, so a row block
         costs one hash per 32 entries and one gather (the signs of :func:`rademacher_bits`,
-        about 30x faster than expanding its bits one by one)."""
-        import torch
-
-        if self._matrix is not None:
-            return self._matrix[start:stop]
+        about 30x faster than expanding its bits one by one). ``words`` ([2, n, blocks]) and
+        ``octets`` ([n, blocks, 4]) are int64 buffers to work in, when given."""
         rows = torch.arange(start, stop, dtype=torch.int64, device=self.device)
-        words = _words(rows, self.out_dim, self.seed)
-        octets = (words[:, :, None] >> torch.tensor([0, 8, 16, 24], device=rows.device)) & 0xFF
-        block = self._table().index_select(0, octets.reshape(-1)).reshape(len(rows), -1)
-        return block if block.shape[1] == self.out_dim else block[:, : self.out_dim].contiguous()
+        words = _words(rows, self.out_dim, self.seed, *(() if words is None else (words[0], words[1])))
+        if sys.byteorder == "little":  # a word's low four bytes, in order, are its octets 0..3
+            low = words.view(torch.uint8).reshape(len(rows), -1, 8)[:, :, :4]
+            octets = low.to(torch.int64) if octets is None else octets.copy_(low)
+        else:
+            octets = (words[:, :, None] >> torch.tensor([0, 8, 16, 24], device=rows.device)) & 0xFF
+        if self.out_dim % 32 == 0:
+            torch.index_select(self._table(), 0, octets.reshape(-1), out=out.view(-1, 8))
+        else:
+            out.copy_(self._table().index_select(0, octets.reshape(-1)).reshape(len(rows), -1)[:, : self.out_dim])
+        return out
 
     def _table(self):
         """[256, 8] fp32: entry (b, j) is +scale when bit j of byte b is set, else -scale."""
-        import torch
-
         if getattr(self, "_signs", None) is None:
             scale = self.out_dim ** -0.5
             bits = (torch.arange(256, device=self.device)[:, None] >> torch.arange(8, device=self.device)) & 1
@@ -120,14 +147,10 @@ class RademacherProjector:
 
     def dense(self):
         """The whole matrix [in_dim, out_dim] on ``device`` (for small cases and tests)."""
-        import torch
-
         return torch.cat([self.tile(t) for t in range(self.n_tiles)])
 
     def project(self, x):
         """``x @ R`` in fp32, x of shape [N, in_dim] (any float dtype, any device)."""
-        import torch
-
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"expected rows of {self.in_dim} values, got {x.shape[-1]}")
         x = x.to(device=self.device, dtype=torch.float32)
@@ -138,7 +161,8 @@ class RademacherProjector:
         out = torch.zeros((x.shape[0], self.out_dim), dtype=torch.float32, device=self.device)
         for t in range(self.n_tiles):
             start = t * self.tile_rows
-            out.addmm_(x[:, start : start + self.tile_rows], self.tile(t))
+            stop = min(start + self.tile_rows, self.in_dim)
+            out.addmm_(x[:, start:stop], self.scratch_rows(start, stop))
         return out
 
 
@@ -154,8 +178,6 @@ class StreamProjection:
     """
 
     def __init__(self, projector: RademacherProjector, n_rows: int):
-        import torch
-
         self.projector = projector
         self.out = torch.zeros((n_rows, projector.out_dim), dtype=torch.float32, device=projector.device)
         self.done = 0  # coordinates already projected: a tile boundary
@@ -164,8 +186,6 @@ class StreamProjection:
 
     def add(self, values) -> None:
         """The next ``values.shape[1]`` coordinates of every row, [n_rows, width]."""
-        import torch
-
         p = self.projector
         values = values.to(device=p.device, dtype=torch.float32)
         width, pos = values.shape[1], 0
@@ -184,7 +204,7 @@ class StreamProjection:
                     return
                 x = torch.cat(self.carry, dim=1)
                 self.carry, self.carried = [], 0
-            self.out.addmm_(x, p.rows(self.done, end))
+            self.out.addmm_(x, p.scratch_rows(self.done, end))
             self.done = end
 
     def result(self):
