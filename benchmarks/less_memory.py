@@ -131,6 +131,27 @@ def rate(model_dir: str, chunk: int, proj_dims: list[int], projection_rows: list
     return out
 
 
+def stream_rate(rows_list=(16, 32, 64), proj_dim: int = 8192, coords: int = 2_000_000) -> dict:
+    """Seconds per million gradient coordinates through StreamProjection (regenerated tiles), by
+    rows per tile: the projection's cost alone, with only the API every version has, so the same
+    function measures an older checkout (``PYTHONPATH=OLD python benchmarks/less_memory.py --stream-only``)."""
+    import torch
+
+    from tamis.models.projection import RademacherProjector, StreamProjection
+
+    out = {}
+    for rows in rows_list:
+        x = torch.randn(rows, coords, generator=torch.Generator().manual_seed(0))
+        p = RademacherProjector(coords, proj_dim, seed=0, cache_bytes=0)
+        start = time.perf_counter()
+        acc = StreamProjection(p, rows)
+        for s in range(0, coords, 300_000):  # pieces of a few weights, as the stream route makes them
+            acc.add(x[:, s : s + 300_000])
+        acc.result()
+        out[rows] = round((time.perf_counter() - start) / coords * 1e6, 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=int, default=240, help="seconds per CLI run")
@@ -139,8 +160,16 @@ def main() -> None:
                     help="run only these configurations (repeatable); their results replace earlier ones")
     ap.add_argument("--skip-runs", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
+    ap.add_argument("--stream-only", action="store_true",
+                    help="print only the projection's seconds per million coordinates (any checkout)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "less_memory.json"))
     a = ap.parse_args()
+    if a.stream_only:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+        print(json.dumps({"proj_dim": 8192, "seconds_per_million_coordinates_by_rows": stream_rate()}))
+        return
     reason = missing()
     if reason:
         sys.exit(reason)

@@ -199,3 +199,19 @@ def test_smollm2_streams_the_paper_lora_gradients_like_the_whole_route(smollm2):
     streamed = per_example_grads(model, examples, chunk_size=4, projector=tiles, normalize=True, block_bytes=64 << 20)
     np.testing.assert_array_equal(streamed, whole)
     assert np.isfinite(whole).all() and np.abs(whole).max() > 0.1
+
+
+def test_warmup_forward_holds_no_more_tokens_than_a_featurization_pass():
+    """The warm-up's micro-batches follow ``chunk_size`` as featurization's passes do: a step of
+    32 rows used to go through whole (up to 8,192 padded tokens) whatever the chunk size."""
+    from tamis.models.batching import token_batches
+    from tamis.selectors.base import RunContext
+    from tamis.selectors.less import LessSelector
+
+    for chunk, max_length in ((1, 512), (4, 512), (16, 512), (16, 128)):
+        config = LessSelector(model="some/lm", chunk_size=chunk).warmup_config(RunContext(max_length=max_length))
+        assert config.micro_batch_tokens == chunk * min(max_length, 256)
+        for batch in token_batches([max_length] * 32, config.micro_batch_tokens):
+            assert len(batch) <= max(1, chunk * min(max_length, 256) // max_length)
+    with pytest.raises(ValueError, match="chunk_size"):
+        LessSelector(chunk_size=0)

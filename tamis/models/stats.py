@@ -357,19 +357,23 @@ def _whole_projected(model, examples, names, out, projector, adam_moments, adam_
 
     dim = out.shape[1] if projector is None else projector.in_dim
     moments = flat_moments(adam_moments, names, device) if adam_moments is not None else None
-    pending: list[tuple[list[int], object]] = []
+    # Rows wait in one preallocated [rows, D] buffer (never concatenated: a copy of a full buffer
+    # would double its memory), so that each regenerated projection tile serves all of them.
+    # A kept matrix costs nothing to reuse: then, or without a projection, each chunk goes at once.
+    buffered = projector is not None and not projector.keeps_matrix
+    buffer, rows = None, []
 
-    def flush() -> None:
-        if not pending:
-            return
-        rows = [i for chunk, _ in pending for i in chunk]
-        flat = torch.cat([g for _, g in pending]) if len(pending) > 1 else pending[0][1]
-        pending.clear()
+    def emit(chunk_rows, flat) -> None:
         if projector is not None:
             flat = projector.project(flat)
         if normalize:
             flat = torch.nn.functional.normalize(flat, dim=1)
-        out[rows] = flat.detach().cpu().numpy()
+        out[chunk_rows] = flat.detach().cpu().numpy()
+
+    def flush() -> None:
+        if rows:
+            emit(list(rows), buffer[: len(rows)])
+            rows.clear()
 
     for chunk, flat in _iter_grad_chunks(model, examples, names, chunk_size=chunk_size, batch_tokens=batch_tokens,
                                          method=method):
@@ -379,11 +383,17 @@ def _whole_projected(model, examples, names, out, projector, adam_moments, adam_
             for s in range(0, dim, step):
                 flat[:, s : s + step] = adam_precondition(flat[:, s : s + step], moments[0][s : s + step],
                                                           moments[1][s : s + step], betas=adam_betas, eps=adam_eps)
-        pending.append((chunk, flat))
-        del flat
-        # A kept matrix costs nothing to reuse: project every chunk and hold no raw gradients.
-        if projector is None or projector.keeps_matrix or sum(len(c) for c, _ in pending) * dim * 4 >= buffer_bytes:
+        if not buffered:
+            emit(chunk, flat)
+            continue
+        if buffer is None:  # as many rows as the budget holds, at least a chunk, at most all of them
+            capacity = min(len(examples), max(chunk_size, len(chunk), buffer_bytes // (4 * dim)))
+            buffer = torch.empty((capacity, dim), dtype=torch.float32, device=flat.device)
+        if len(rows) + len(chunk) > buffer.shape[0]:
             flush()
+        buffer[len(rows) : len(rows) + len(chunk)].copy_(flat)
+        rows.extend(chunk)
+        del flat
     flush()
 
 

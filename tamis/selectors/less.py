@@ -104,8 +104,9 @@ class LessSelector(Selector):
         self.positions = positions
         self.chunk_size = chunk_size  # examples per batched gradient pass
         # What featurization may hold besides the model, the chunk's activations and its [chunk,
-        # proj_dim] result: a chunk's whole gradients when they fit, else one block of them and
-        # of the projection (README, "Memory").
+        # proj_dim] result: whole gradients of as many rows as fit (they then share each regenerated
+        # projection tile, which is what a CPU pays for), else one block of a chunk's gradients and
+        # of the projection (README, "LESS's memory": raising it trades memory for speed).
         self.block_mb = block_mb
         self.feature_store = feature_store  # folder or URL; None: the run's --feature-store
         # Tokens per example for warm-up and gradients; None: the run's --max-length (512). LESS uses 2048.
@@ -120,6 +121,8 @@ class LessSelector(Selector):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
         if not block_mb > 0:
             raise ValueError(f"block_mb must be > 0, got {block_mb!r}")
         if warmup_loss not in ("example", "token"):
@@ -151,9 +154,14 @@ class LessSelector(Selector):
 
     def warmup_config(self, context: RunContext) -> TrainConfig:
         """LESS's warm-up: LoRA on the pool slice, with the run's ``--dtype`` as the autocast dtype
-        (LESS trains in bf16; weights and Adam moments stay fp32 either way)."""
+        (LESS trains in bf16; weights and Adam moments stay fp32 either way). A forward holds at
+        most as many padded tokens as a featurization pass can (``chunk_size`` rows, at most 256
+        tokens each on average), so ``chunk_size`` bounds the activations of both phases: a step
+        of 32 rows used to go through whole, 4,096 tokens of 128 or 8,192 of 2,048, 14 GB and 25 GB
+        on a 135M model."""
         s = self.settings()
         return TrainConfig(mode="lora", fraction=self.fraction, max_examples=self.max_warmup_examples,
+                           micro_batch_tokens=self.chunk_size * min(context.max_length, 256),
                            seed=context.seed, epochs=self.epochs, batch_size=self.batch_size, lr=s["lr"],
                            lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=self.lora_dropout,
                            max_length=context.max_length, dtype=context.dtype, loss_weighting=self.warmup_loss)
