@@ -33,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from smollm import missing, smollm2_folder
-
 # The WordNet benchmark data: beside the checkout (as the other benchmarks expect), or $TAMIS_BENCH_WORDNET.
 BENCH = Path(os.environ.get("TAMIS_BENCH_WORDNET") or Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
 if not BENCH.exists():
@@ -168,8 +166,12 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
-        print(json.dumps({"proj_dim": 8192, "seconds_per_million_coordinates_by_rows": stream_rate()}))
+        print(json.dumps({"proj_dim": 8192, "seconds_per_million_coordinates_by_rows": stream_rate(),
+                          "tamis": str(Path(sys.modules["tamis"].__file__).parent)}))
         return
+    # Imported only here: it puts this checkout first on sys.path, which --stream-only must not do.
+    from smollm import missing, smollm2_folder
+
     reason = missing()
     if reason:
         sys.exit(reason)

@@ -379,7 +379,9 @@ def _whole_projected(model, examples, names, out, projector, adam_moments, adam_
                                          method=method):
         if moments is not None:
             # In place, a column block at a time: the elementwise update needs no [n, D] temporaries.
-            step = max(1, block_bytes // max(1, 4 * 4 * flat.shape[0]))
+            # Its four temporaries stay under 64 MB whatever block_bytes lets the buffer hold
+            # (sized by block_bytes, they added up to 4 GB beside a 4 GB buffer).
+            step = max(1, min(block_bytes, 64 << 20) // max(1, 4 * 4 * flat.shape[0]))
             for s in range(0, dim, step):
                 flat[:, s : s + step] = adam_precondition(flat[:, s : s + step], moments[0][s : s + step],
                                                           moments[1][s : s + step], betas=adam_betas, eps=adam_eps)
