@@ -10,8 +10,6 @@ Prints the peak RSS (``ru_maxrss``) and seconds; with 80 rows and block_mb=4096 
 from __future__ import annotations
 
 import argparse
-import gzip
-import itertools
 import json
 import os
 import resource
@@ -20,8 +18,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCH = next((p / "shared" / "bench" / "wordnet" for p in HERE.parents if (p / "shared" / "bench" / "wordnet").is_dir()),
-             Path("/work/shared/bench/wordnet"))
 
 
 def main() -> None:
@@ -30,29 +26,23 @@ def main() -> None:
     ap.add_argument("--block-mb", type=int, default=4096)
     a = ap.parse_args()
     sys.path.insert(0, str(HERE))
+    from less_memory import paper_lora_rows
     from smollm import missing, smollm2_folder
 
-    if missing():
-        raise SystemExit(missing())
+    reason = missing()
+    if reason:
+        raise SystemExit(reason)
     import torch
-    from peft import LoraConfig, get_peft_model
 
-    from tamis.models.lm import encode_records, load_causal_lm
     from tamis.models.projection import RademacherProjector
     from tamis.models.stats import grad_dim, grad_param_names, per_example_grads
-    from tamis.schemas.records import parse_record
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
-    model, tok = load_causal_lm(str(smollm2_folder()))
-    model = get_peft_model(model, LoraConfig(r=128, lora_alpha=512, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                                             lora_dropout=0.1)).eval()
+    model, examples = paper_lora_rows(str(smollm2_folder()), a.rows)
     params = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(0)
     moments = {n: (torch.randn(params[n].shape, generator=gen) * 1e-4, torch.rand(params[n].shape, generator=gen) * 1e-8)
                for n in grad_param_names(model, "trainable")}
-    with gzip.open(BENCH / "pool.jsonl.gz", "rt", encoding="utf-8") as f:
-        records = [parse_record(json.loads(line)) for line in itertools.islice(f, a.rows)]
-    examples = encode_records(tok, records, 128)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     start = time.perf_counter()
     per_example_grads(model, examples, chunk_size=16, batch_tokens=4096, normalize=True, adam_moments=moments,

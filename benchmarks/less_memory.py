@@ -37,7 +37,7 @@ from pathlib import Path
 BENCH = Path(os.environ.get("TAMIS_BENCH_WORDNET") or Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
 if not BENCH.exists():
     BENCH = Path("/work/shared/bench/wordnet")
-RUNS = [  # (rows, proj_dim, chunk_size, block_mb): 256 is the default; 4096 buffers ~68 rows per projection
+RUNS = [  # (rows, proj_dim, chunk_size, block_mb): 256 is the default; 4096 buffers up to 72 rows per projection
     (120, 8192, 16, 256), (1000, 8192, 16, 256), (120, 1024, 16, 256), (120, 4096, 16, 256), (120, 8192, 8, 256),
     (120, 8192, 32, 256), (120, 8192, 16, 4096),
 ]
@@ -77,27 +77,35 @@ def run_cli(model: str, rows: int, proj_dim: int, chunk: int, block_mb: int, wor
     return result
 
 
-def rate(model_dir: str, chunk: int, proj_dims: list[int], projection_rows: list[int], tiles: int = 24) -> dict:
-    """Seconds per row and checkpoint of featurization, measured by parts (see module doc).
-
-    ``projection_rows``: rows multiplied by each regenerated tile. That is the chunk size when a
-    chunk's gradients stream (they exceed ``block_mb``), and up to ``block_mb / (4 x D)`` rows
-    when they fit and are buffered (``less.block_mb=4096`` holds 68 rows of SmolLM2's 14.7 M)."""
-    import torch
+def paper_lora_rows(model_dir: str, rows: int):
+    """The model with the paper preset's LoRA (r=128, alpha 512 on q, k, v, o) in eval mode, and the
+    first ``rows`` WordNet pool rows encoded to 128 tokens."""
     from peft import LoraConfig, get_peft_model
 
     from tamis.models.lm import encode_records, load_causal_lm
-    from tamis.models.projection import RademacherProjector
-    from tamis.models.stats import grad_dim, per_example_grads
     from tamis.schemas.records import parse_record
 
     model, tok = load_causal_lm(model_dir)
     model = get_peft_model(model, LoraConfig(r=128, lora_alpha=512, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                              lora_dropout=0.1)).eval()
-    dim = grad_dim(model)
     with gzip.open(BENCH / "pool.jsonl.gz", "rt", encoding="utf-8") as f:
-        records = [parse_record(json.loads(line)) for line in itertools.islice(f, chunk)]
-    examples = encode_records(tok, records, 128)
+        records = [parse_record(json.loads(line)) for line in itertools.islice(f, rows)]
+    return model, encode_records(tok, records, 128)
+
+
+def rate(model_dir: str, chunk: int, proj_dims: list[int], projection_rows: list[int], tiles: int = 24) -> dict:
+    """Seconds per row and checkpoint of featurization, measured by parts (see module doc).
+
+    ``projection_rows``: rows multiplied by each regenerated tile. That is the chunk size when a
+    chunk's gradients stream (they exceed ``block_mb``), and up to ``block_mb / (4 x D)`` rows
+    when they fit and are buffered (``less.block_mb=4096`` holds 72 rows of SmolLM2's 14.7 M)."""
+    import torch
+
+    from tamis.models.projection import RademacherProjector
+    from tamis.models.stats import grad_dim, per_example_grads
+
+    model, examples = paper_lora_rows(model_dir, chunk)
+    dim = grad_dim(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

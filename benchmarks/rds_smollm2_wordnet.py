@@ -79,7 +79,7 @@ def main() -> None:
         "color_smollm2": ("color", [f"color.model={folder}"]),
         "color_built": ("color", []),
         "color_smollm2warm": ("color", [f"color.model={folder}", "color.prior_epochs=1"]),  # prior warmed on the pool
-        # The paper preset (LoRA r=128 on q, k, v, o; k = 8192). block_mb=4096 buffers ~68 rows'
+        # The paper preset (LoRA r=128 on q, k, v, o; k = 8192). block_mb=4096 buffers up to 72 rows'
         # gradients per projection pass, ~2.7x faster than the default's 16 on a CPU (README, LESS's memory).
         "less_smollm2": ("less", [f"less.model={folder}", "less.block_mb=4096"]),
         "less_built": ("less", []),
