@@ -16,6 +16,7 @@ Two parts, both printed and written to benchmarks/results/less_memory.json:
 
     OMP_NUM_THREADS=1 python benchmarks/less_memory.py [--timeout 240] [--skip-runs] [--skip-rate]
     OMP_NUM_THREADS=1 python benchmarks/less_memory.py --skip-rate --timeout 110 --config 120,1024,16
+    OMP_NUM_THREADS=2 python benchmarks/less_memory.py --skip-rate --config 1000,8192,16,4096,bfloat16
 """
 from __future__ import annotations
 
@@ -59,17 +60,22 @@ def time_v(stderr: str) -> dict:
     return {"peak_rss_mb": round(rss / 1024), "wall_s": round(seconds, 1), "exit_status": status}
 
 
-def run_cli(model: str, rows: int, proj_dim: int, chunk: int, block_mb: int, work: Path, timeout: int) -> dict:
+def run_cli(model: str, rows: int, proj_dim: int, chunk: int, block_mb: int, work: Path, timeout: int,
+            proj_dtype: str = "float32", shard_rows: int | None = None) -> dict:
     pool = write_pool(rows, work)
-    out = work / f"out-{rows}-{proj_dim}-{chunk}-{block_mb}"
+    out = work / f"out-{rows}-{proj_dim}-{chunk}-{block_mb}-{proj_dtype}"
     cmd = ["/usr/bin/time", "-v", "timeout", str(timeout), sys.executable, "-m", "tamis", "select",
            "--pool", str(pool), "--target", f"food={BENCH / 'targets' / 'food' / 'dev.jsonl'}",
            "--selector", "less", "--param", f"less.model={model}", "--param", f"less.proj_dim={proj_dim}",
            "--param", f"less.chunk_size={chunk}", "--param", f"less.block_mb={block_mb}", "--param", f"less.feature_store={work / 'features'}",
+           "--param", f"less.proj_dtype={proj_dtype}",
            "--budget", "0.1", "--max-length", "128", "--out", str(out), "--overwrite", "--no-progress"]
+    if shard_rows:  # smaller work units: a stopped run resumes from the finished ones
+        cmd += ["--shard-rows", str(shard_rows)]
     env = {**os.environ, "TAMIS_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    result = {"rows": rows, "proj_dim": proj_dim, "chunk_size": chunk, "block_mb": block_mb, **time_v(done.stderr)}
+    result = {"rows": rows, "proj_dim": proj_dim, "chunk_size": chunk, "block_mb": block_mb, "proj_dtype": proj_dtype,
+              "shard_rows": shard_rows, **time_v(done.stderr)}
     result["completed"] = result["exit_status"] == 0
     result["stopped_at_timeout"] = result["exit_status"] == 124
     if not (result["completed"] or result["stopped_at_timeout"]):
@@ -158,12 +164,21 @@ def stream_rate(rows_list=(16, 32, 64), proj_dim: int = 8192, coords: int = 2_00
     return out
 
 
+def parse_config(text: str) -> tuple:
+    """"ROWS,PROJ_DIM,CHUNK[,BLOCK_MB[,PROJ_DTYPE]]" -> (rows, proj_dim, chunk, block_mb, proj_dtype)."""
+    parts = text.split(",")
+    numbers = [int(v) for v in parts[:4]] + [256] * (4 - min(4, len(parts)))
+    return (*numbers, parts[4] if len(parts) > 4 else "float32")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=int, default=240, help="seconds per CLI run")
     ap.add_argument("--work", default=None, help="folder for pools, caches and outputs (default: a temp folder)")
-    ap.add_argument("--config", action="append", default=None, metavar="ROWS,PROJ_DIM,CHUNK[,BLOCK_MB]",
+    ap.add_argument("--config", action="append", default=None, metavar="ROWS,PROJ_DIM,CHUNK[,BLOCK_MB[,PROJ_DTYPE]]",
                     help="run only these configurations (repeatable); their results replace earlier ones")
+    ap.add_argument("--shard-rows", type=int, default=None,
+                    help="tamis select --shard-rows for the runs (default: tamis's 10,000, one unit for these pools)")
     ap.add_argument("--skip-runs", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
     ap.add_argument("--stream-only", action="store_true",
@@ -193,16 +208,17 @@ def main() -> None:
                                "other jobs during the measurement",
                     "threads": os.environ.get("OMP_NUM_THREADS"), "timeout_s": a.timeout})
     if not a.skip_runs:
-        configs = [(tuple(int(v) for v in c.split(",")) + (256,))[:4] for c in a.config] if a.config else RUNS
+        configs = [parse_config(c) for c in a.config] if a.config else [(*r, "float32") for r in RUNS]
         kept = [r for r in summary.get("runs", []) if a.config and
-                (r["rows"], r["proj_dim"], r["chunk_size"], r.get("block_mb", 256)) not in configs]
+                (r["rows"], r["proj_dim"], r["chunk_size"], r.get("block_mb", 256), r.get("proj_dtype", "float32"))
+                not in configs]
         summary["runs"] = kept
-        for rows, proj_dim, chunk, block_mb in configs:
-            result = run_cli(model, rows, proj_dim, chunk, block_mb, work, a.timeout)
+        for rows, proj_dim, chunk, block_mb, proj_dtype in configs:
+            result = run_cli(model, rows, proj_dim, chunk, block_mb, work, a.timeout, proj_dtype, a.shard_rows)
             result["timeout_s"] = a.timeout
             summary["runs"].append(result)
             state = "done" if result["completed"] else "stopped at timeout" if result["stopped_at_timeout"] else "FAILED"
-            print(f"rows={rows:5d} proj_dim={proj_dim:5d} chunk={chunk:3d} block_mb={block_mb:5d}: peak RSS {result['peak_rss_mb']:6d} MB, "
+            print(f"rows={rows:5d} proj_dim={proj_dim:5d} chunk={chunk:3d} block_mb={block_mb:5d} {proj_dtype}: peak RSS {result['peak_rss_mb']:6d} MB, "
                   f"wall {result['wall_s']:7.1f} s ({state})", flush=True)
             out_path.write_text(json.dumps(summary, indent=2) + "\n")
     if not a.skip_rate:

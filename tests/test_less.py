@@ -136,6 +136,15 @@ def test_feature_store_serves_a_new_task_without_recomputing(less, pool, targets
     other.setup(CONTEXT, prepared, {"food": targets["food"]})
     other.score(some)
     assert other.counters() == {"features_computed": 40} and other.feature_store_.hits == 0
+    # A bf16 product is stored apart too, and scores within its rounding of fp32's.
+    bf16 = LessSelector(**TINY, feature_store=store, proj_dtype="bfloat16")
+    bf16.setup(CONTEXT, prepared, {"food": targets["food"]})
+    rounded = bf16.score(some)["score_less_food"]
+    assert bf16.counters() == {"features_computed": 40}
+    np.testing.assert_allclose(rounded, first["score_less_food"], rtol=0, atol=0.01)
+    assert not np.array_equal(rounded, first["score_less_food"])
+    with pytest.raises(ValueError, match="proj_dtype"):
+        LessSelector(proj_dtype="float16")
 
 
 def test_unscorable_rows_get_nan_and_presets_resolve(less):

@@ -54,6 +54,62 @@ def test_stream_projection_of_pieces_equals_project_bit_for_bit():
         acc.add(x[:, :2])
 
 
+def test_bf16_projection_is_fp32_within_its_rounding_and_the_same_on_every_route():
+    """``dtype="bfloat16"`` rounds inputs and each tile's partial sum to bf16: every coordinate
+    stays within a few 2**-9 of fp32's, relative to the row's scale; tiled, kept and streamed
+    routes add the same tiles in the same order, so tiled and streamed agree bit for bit."""
+    from tamis.models.projection import StreamProjection
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3000, generator=gen) * torch.logspace(-12, 2, 3000)[torch.randperm(3000, generator=gen)]
+    exact = RademacherProjector(3000, 256, seed=4, tile_rows=128, cache_bytes=0).project(x.double().float())
+    tiled = RademacherProjector(3000, 256, seed=4, tile_rows=128, cache_bytes=0, dtype="bfloat16")
+    kept = RademacherProjector(3000, 256, seed=4, tile_rows=128, dtype="bfloat16")
+    assert not tiled.keeps_matrix and kept.keeps_matrix
+    got = tiled.project(x)
+    assert got.dtype == torch.float32 and got.shape == (6, 256)
+
+    def error(y):  # per row, relative to the row's norm
+        return ((y - exact).norm(dim=1) / exact.norm(dim=1)).max()
+
+    assert 0 < error(got) < 2 ** -9 * 3  # rounded (bf16 was used), by about 2**-9
+    assert 0 < error(kept.project(x)) < 2 ** -9 * 3
+    acc, start = StreamProjection(tiled, 6), 0
+    for w in (5, 500, 1000, 1495):
+        acc.add(x[:, start : start + w])
+        start += w
+    assert torch.equal(acc.result(), got)
+    # The matrix is the same; only the product changes, and the features' key says so.
+    assert torch.equal(tiled.dense(), RademacherProjector(3000, 256, seed=4).dense())
+    assert tiled.definition == {**RademacherProjector(3000, 256, seed=4).definition, "dtype": "bfloat16"}
+    assert RademacherProjector(3000, 256, seed=4).definition == {
+        "kind": "rademacher", "version": "hash32x32-v1", "in_dim": 3000, "out_dim": 256, "seed": 4}
+    with pytest.raises(ValueError, match="dtype"):
+        RademacherProjector(10, 4, dtype="float16")
+
+
+def test_bf16_grads_buffer_half_the_bytes_and_equal_the_streamed_ones(lora_model):  # noqa: F811
+    """Buffered rows wait in bf16 (what the product casts them to anyway): the same vectors as
+    the streamed route, and within bf16's rounding of fp32's."""
+    model, examples = lora_model
+    names = grad_param_names(model)
+    named = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    moments = {k: (torch.randn(named[k].shape, generator=gen) * 1e-3, torch.rand(named[k].shape, generator=gen) * 1e-5)
+               for k in names}
+    dim = sum(named[k].numel() for k in names)
+    projector = RademacherProjector(dim, 48, seed=3, tile_rows=100, cache_bytes=0, dtype="bfloat16")
+    kwargs = dict(adam_moments=moments, projector=projector, normalize=True, chunk_size=4)
+    buffered = per_example_grads(model, examples[:10], block_bytes=2 * 10 * dim, project_buffer_bytes=2 * 10 * dim,
+                                 **kwargs)
+    streamed = per_example_grads(model, examples[:10], block_bytes=4 * dim, **kwargs)
+    np.testing.assert_array_equal(buffered, streamed)
+    fp32 = RademacherProjector(dim, 48, seed=3, tile_rows=100, cache_bytes=0)
+    exact = per_example_grads(model, examples[:10], **{**kwargs, "projector": fp32})
+    np.testing.assert_allclose(buffered, exact, rtol=0, atol=0.02)
+    assert np.abs(buffered - exact).max() > 0
+
+
 @pytest.mark.parametrize("method", ["linear", "vmap"])
 def test_streamed_grads_equal_whole_grads(lora_model, method):  # noqa: F811
     """A block budget below one chunk's gradients streams them in pieces (here down to single

@@ -389,8 +389,11 @@ def _whole_projected(model, examples, names, out, projector, adam_moments, adam_
             emit(chunk, flat)
             continue
         if buffer is None:  # as many rows as the budget holds, at least a chunk, at most all of them
-            capacity = min(len(examples), max(chunk_size, len(chunk), buffer_bytes // (4 * dim)))
-            buffer = torch.empty((capacity, dim), dtype=torch.float32, device=flat.device)
+            # In the projection's compute dtype: a bf16 product casts its inputs anyway, and
+            # half the bytes per row lets each regenerated tile serve twice the rows.
+            dtype = projector.compute_dtype
+            capacity = min(len(examples), max(chunk_size, len(chunk), buffer_bytes // (dtype.itemsize * dim)))
+            buffer = torch.empty((capacity, dim), dtype=dtype, device=flat.device)
         if len(rows) + len(chunk) > buffer.shape[0]:
             flush()
         buffer[len(rows) : len(rows) + len(chunk)].copy_(flat)
