@@ -99,12 +99,15 @@ def paper_lora_rows(model_dir: str, rows: int):
     return model, encode_records(tok, records, 128)
 
 
-def rate(model_dir: str, chunk: int, proj_dims: list[int], projection_rows: list[int], tiles: int = 24) -> dict:
+def rate(model_dir: str, chunk: int, proj_dims: list[int], projection_rows: list[int], tiles: int = 24,
+         proj_dtypes=("float32",)) -> dict:
     """Seconds per row and checkpoint of featurization, measured by parts (see module doc).
 
     ``projection_rows``: rows multiplied by each regenerated tile. That is the chunk size when a
     chunk's gradients stream (they exceed ``block_mb``), and up to ``block_mb / (4 x D)`` rows
-    when they fit and are buffered (``less.block_mb=4096`` holds 72 rows of SmolLM2's 14.7 M)."""
+    when they fit and are buffered (``less.block_mb=4096`` holds 72 rows of SmolLM2's 14.7 M in
+    fp32, 145 with ``proj_dtype=bfloat16``). ``by_proj_dim`` is fp32's; ``by_proj_dtype`` has each
+    of ``proj_dtypes``."""
     import torch
 
     from tamis.models.projection import RademacherProjector
@@ -122,24 +125,26 @@ def rate(model_dir: str, chunk: int, proj_dims: list[int], projection_rows: list
     grad_s = time.perf_counter() - start
     n_tiles = math.ceil(dim / 1024)
     out = {"lora_params": dim, "chunk_size": chunk, "mean_tokens": sum(len(e) for e in examples) / len(examples),
-           "gradients_s_per_chunk": round(grad_s, 2), "tiles_per_chunk": n_tiles, "by_proj_dim": {}}
-    for k in proj_dims:
-        p = RademacherProjector(dim, k, seed=0, cache_bytes=0)
+           "gradients_s_per_chunk": round(grad_s, 2), "tiles_per_chunk": n_tiles, "by_proj_dtype": {}}
+    for dtype, k in itertools.product(proj_dtypes, proj_dims):
+        p = RademacherProjector(dim, k, seed=0, cache_bytes=0, dtype=dtype)
         by_rows = {}
         for rows in projection_rows:
-            # As the projection loops run it: each tile made into the reused buffer, then multiplied.
-            x, acc = torch.randn(rows, 1024), torch.zeros(rows, k)
+            # As the projection loops run it: each tile made into the reused buffer, then multiplied
+            # (buffered rows wait in the compute dtype).
+            x, acc = torch.randn(rows, 1024).to(p.compute_dtype), torch.zeros(rows, k)
             p.scratch_rows(0, 1024)  # the buffers' first allocation is not a per-tile cost
             start = time.perf_counter()
             for t in range(tiles):
-                acc.addmm_(x, p.scratch_rows(t * 1024, (t + 1) * 1024))
+                p.accumulate(acc, x, t * 1024, (t + 1) * 1024)
             tile_s = (time.perf_counter() - start) / tiles
             # gradients scale with rows; the projection costs n_tiles x tile_s per `rows` rows
             per_row = grad_s / chunk + n_tiles * tile_s / rows
             by_rows[rows] = {"tile_s": round(tile_s, 4), "projection_gflop_per_s": round(2 * rows * 1024 * k / tile_s / 1e9, 1),
                              "seconds_per_row_checkpoint": round(per_row, 2),
                              "rows_x_checkpoints_per_s": round(1 / per_row, 4)}
-        out["by_proj_dim"][k] = by_rows
+        out["by_proj_dtype"].setdefault(dtype, {})[k] = by_rows
+    out["by_proj_dim"] = out["by_proj_dtype"].get("float32", {})
     return out
 
 
@@ -225,13 +230,13 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
-        summary["rate"] = rate(model, 16, [1024, 4096, 8192], [16, 32, 64])
+        summary["rate"] = rate(model, 16, [1024, 4096, 8192], [16, 32, 64, 144], proj_dtypes=("float32", "bfloat16"))
         r = summary["rate"]
         print(f"gradients: {r['gradients_s_per_chunk']} s per chunk of 16 ({r['lora_params']:,} LoRA parameters, "
               f"{r['tiles_per_chunk']} tiles per chunk)")
-        for k, by_rows in r["by_proj_dim"].items():
-            for rows, v in by_rows.items():
-                print(f"proj_dim={k:5d}, {rows:3d} rows per tile: {v['tile_s']:.4f} s per tile "
+        for dtype, k in itertools.product(r["by_proj_dtype"], [1024, 4096, 8192]):
+            for rows, v in r["by_proj_dtype"][dtype][k].items():
+                print(f"{dtype:8s} proj_dim={k:5d}, {rows:3d} rows per tile: {v['tile_s']:.4f} s per tile "
                       f"({v['projection_gflop_per_s']} GFLOP/s) -> {v['seconds_per_row_checkpoint']:.2f} s per row "
                       f"and checkpoint, {v['rows_x_checkpoints_per_s']:.4f} rows x checkpoints/s")
         out_path.write_text(json.dumps(summary, indent=2) + "\n")

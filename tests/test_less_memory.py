@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from tamis.models.projection import RademacherProjector, rademacher_bits  # noqa: E402
 from tamis.models.stats import grad_param_names, per_example_grads  # noqa: E402
 
-from .models.test_proxy_stats import lora_model, tiny  # noqa: E402,F401  (fixtures)
+from .models.test_proxy_stats import lora_model, random_moments, tiny  # noqa: E402,F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,12 +92,7 @@ def test_bf16_grads_buffer_half_the_bytes_and_equal_the_streamed_ones(lora_model
     """Buffered rows wait in bf16 (what the product casts them to anyway): the same vectors as
     the streamed route, and within bf16's rounding of fp32's."""
     model, examples = lora_model
-    names = grad_param_names(model)
-    named = dict(model.named_parameters())
-    gen = torch.Generator().manual_seed(0)
-    moments = {k: (torch.randn(named[k].shape, generator=gen) * 1e-3, torch.rand(named[k].shape, generator=gen) * 1e-5)
-               for k in names}
-    dim = sum(named[k].numel() for k in names)
+    _, moments, dim = random_moments(model)
     projector = RademacherProjector(dim, 48, seed=3, tile_rows=100, cache_bytes=0, dtype="bfloat16")
     kwargs = dict(adam_moments=moments, projector=projector, normalize=True, chunk_size=4)
     buffered = per_example_grads(model, examples[:10], block_bytes=2 * 10 * dim, project_buffer_bytes=2 * 10 * dim,
@@ -115,12 +110,7 @@ def test_streamed_grads_equal_whole_grads(lora_model, method):  # noqa: F811
     """A block budget below one chunk's gradients streams them in pieces (here down to single
     weight rows); the Adam-preconditioned, projected, normalized vectors are the same."""
     model, examples = lora_model
-    names = grad_param_names(model)
-    named = dict(model.named_parameters())
-    gen = torch.Generator().manual_seed(0)
-    moments = {k: (torch.randn(named[k].shape, generator=gen) * 1e-3, torch.rand(named[k].shape, generator=gen) * 1e-5)
-               for k in names}
-    dim = sum(named[k].numel() for k in names)
+    _, moments, dim = random_moments(model)
     projector = RademacherProjector(dim, 48, seed=3, tile_rows=100, cache_bytes=0)
     kwargs = dict(adam_moments=moments, projector=projector, normalize=True, chunk_size=4, method=method)
     whole = per_example_grads(model, examples[:10], project_buffer_bytes=0, **kwargs)

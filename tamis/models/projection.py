@@ -11,8 +11,8 @@ d=8192 a dense fp32 matrix would take terabytes for a 7B model).
 
 The product is computed in fp32 by default. ``dtype="bfloat16"`` multiplies bf16 inputs by the
 signs (±1, exact in bf16) with fp32 accumulation inside each tile, adds the tiles' bf16 partial
-sums in fp32 and scales at the end: about 2.3x the fp32 speed on a CPU with AVX-512 bf16, and far
-more on a GPU's tensor cores. Each projected coordinate then carries a relative error of about
+sums in fp32 and scales at the end: 1.5-1.9x the fp32 projection's speed at the same rows per tile
+on a 2-core CPU with AVX-512 bf16 (``benchmarks/less_memory.py``), and more on a GPU's tensor cores. Each projected coordinate then carries a relative error of about
 2**-9 (the rounding of the inputs and of each tile's partial sum), as LESS's own code accepts when
 it casts gradients to fp16 before projecting; bf16 keeps fp32's exponent range, so small
 gradients do not underflow as they can in fp16.

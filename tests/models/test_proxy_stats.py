@@ -143,13 +143,19 @@ def test_linear_route_only_where_it_is_exact(lora_model, tiny):
         per_example_grads(full, examples[:2], params="all", method="linear")
 
 
-def test_adam_preconditioned_projected_normalized_grads(lora_model):
-    model, examples = lora_model
+def random_moments(model):
+    """(names, Adam moments like a warm-up's, gradient dim) for the model's trainable parameters."""
     names = grad_param_names(model)
     named = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(0)
     moments = {k: (torch.randn(named[k].shape, generator=gen) * 1e-3, torch.rand(named[k].shape, generator=gen) * 1e-5)
                for k in names}
+    return names, moments, sum(named[k].numel() for k in names)
+
+
+def test_adam_preconditioned_projected_normalized_grads(lora_model):
+    model, examples = lora_model
+    names, moments, _ = random_moments(model)
     slow = loop_grads(model, examples[:5], names)
     m = torch.cat([moments[k][0].reshape(-1) for k in names])
     v = torch.cat([moments[k][1].reshape(-1) for k in names])
