@@ -87,6 +87,7 @@ class RademacherProjector:
         self.cache_bytes = cache_bytes
         self._matrix = None
         self._scratch = None  # the reused tile buffer of scratch_rows
+        self._tables = {}  # sign tables of _fill, by dtype
 
     @property
     def definition(self) -> dict:
@@ -175,35 +176,38 @@ class RademacherProjector:
     def _table(self, dtype=torch.float32):
         """[256, 8]: entry (b, j) is positive when bit j of byte b is set, else negative; in fp32
         ±scale, in bf16 ±1 (the scale is not a bf16 number; :meth:`finish` applies it)."""
-        tables = self.__dict__.setdefault("_tables", {})
-        if dtype not in tables:
+        if dtype not in self._tables:
             bits = (torch.arange(256, device=self.device)[:, None] >> torch.arange(8, device=self.device)) & 1
             if dtype == torch.float32:
                 scale = self.out_dim ** -0.5
-                tables[dtype] = bits.to(torch.float32) * (2 * scale) - scale  # the same expression as ever
+                self._tables[dtype] = bits.to(torch.float32) * (2 * scale) - scale  # the same expression as ever
             else:
-                tables[dtype] = (bits * 2 - 1).to(dtype)
-        return tables[dtype]
+                self._tables[dtype] = (bits * 2 - 1).to(dtype)
+        return self._tables[dtype]
 
     def dense(self):
         """The whole matrix [in_dim, out_dim] on ``device``, fp32 (for small cases and tests)."""
-        return torch.cat([self.tile(t) for t in range(self.n_tiles)])
+        return self._whole(torch.float32)
+
+    def _whole(self, dtype):
+        """The whole matrix made tile by tile into one tensor of ``dtype`` (see :meth:`_fill`)."""
+        matrix = torch.empty((self.in_dim, self.out_dim), dtype=dtype, device=self.device)
+        for t in range(self.n_tiles):
+            start = t * self.tile_rows
+            self._fill(start, min(start + self.tile_rows, self.in_dim), matrix[start : start + self.tile_rows])
+        return matrix
 
     def _kept(self):
         """The whole matrix in the compute dtype (bf16: the signs), made once when it is kept."""
         if self._matrix is None:
-            matrix = torch.empty((self.in_dim, self.out_dim), dtype=self.compute_dtype, device=self.device)
-            for t in range(self.n_tiles):
-                start = t * self.tile_rows
-                self._fill(start, min(start + self.tile_rows, self.in_dim), matrix[start : start + self.tile_rows])
-            self._matrix = matrix
+            self._matrix = self._whole(self.compute_dtype)
         return self._matrix
 
     def project(self, x):
         """``x @ R`` as fp32 [N, out_dim], x of shape [N, in_dim] (any float dtype, any device)."""
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"expected rows of {self.in_dim} values, got {x.shape[-1]}")
-        x = x.to(device=self.device, dtype=torch.float32 if self.dtype == "float32" else x.dtype)
+        x = x.to(device=self.device)  # cast to the compute dtype by the product itself
         if self.keeps_matrix:
             return self.finish(torch.mm(x.to(self.compute_dtype), self._kept()).float())
         out = torch.zeros((x.shape[0], self.out_dim), dtype=torch.float32, device=self.device)
