@@ -11,10 +11,10 @@ never rewritten, and the selection is then made again over every task of the run
 Scores of an added task equal, bit for bit, those of a fresh run with that task alone: the same
 rows go to the same selectors in the same chunks, with the same settings and models.
 """
-from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -54,7 +54,7 @@ class ReadShardChunk(beam.DoFn):
         self.folder = RunFolder(out)
         self.target_keys = target_keys
 
-    def process(self, chunk: str):
+    def process(self, chunk: str) -> Iterator[tuple[ValidChunk, dict[str, list[bool]]]]:
         table = self.folder.read_chunk(chunk, ["id", "messages", "text", "extra"], sets=[])
         records = table.to_pylist()
         keys = [content_key(r) for r in records]
@@ -73,7 +73,7 @@ class ScoreForTasks(beam.DoFn):
     def setup(self):
         self.model = self.handler.load_model()
 
-    def process(self, item):
+    def process(self, item: tuple[ValidChunk, dict[str, list[bool]]]) -> Iterator[tuple[ValidChunk, dict[str, list[bool]], dict[str, np.ndarray]]]:
         chunk, matches = item
         kept, columns = score_chunk(self.model, chunk, self.context.score_attempts, self.context.retry_backoff_s)
         report_counters(self.model)  # features reused from the store, and computed
@@ -99,7 +99,7 @@ class WriteTaskAttributes(beam.DoFn):
         self.folder = RunFolder(out)
         self.fields = fields
 
-    def process(self, item):
+    def process(self, item: tuple[ValidChunk, dict[str, list[bool]], dict[str, np.ndarray]]) -> Iterator[str]:
         chunk, matches, columns = item
         ids = [r["id"] for r in chunk.records]
         for task, fields in self.fields.items():

@@ -4,9 +4,9 @@ A chunk is ``shard_rows`` consecutive lines of one input file. Its index is fixe
 input alone, so it names the output shard, lets a rerun skip finished chunks, and fixes
 which rows are batched together (bit-for-bit repeatable scores on any runner).
 """
-from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -71,7 +71,7 @@ class ReadChunks(beam.DoFn):
         self.done = done
         self.lines_read = Metrics.counter(NAMESPACE, "lines_read")
 
-    def process(self, file: InputFile):
+    def process(self, file: InputFile) -> Iterator[Chunk]:
         current: Chunk | None = None
         emitted: set[str] = set()
         for lineno, raw in iter_raw(file.path):
@@ -106,7 +106,7 @@ class ValidateChunk(beam.DoFn):
         self.rejected = Metrics.counter(NAMESPACE, "rejected")
         self.accepted = Metrics.counter(NAMESPACE, "accepted")
 
-    def process(self, chunk: Chunk):
+    def process(self, chunk: Chunk) -> Iterator[ValidChunk]:
         start = time.perf_counter()
         records, flags, rejects, seen = [], [], [], {}
         for lineno, raw in chunk.items:

@@ -6,7 +6,6 @@ scores only, so it is cheap and is all that ``reselect`` runs. Every file goes t
 :class:`tamis.io.runfolder.RunFolder`, which holds the folder's lock for the whole run and
 records its state (scoring, selecting, finished) for readers.
 """
-from __future__ import annotations
 
 import json
 import threading
@@ -24,7 +23,7 @@ from ..schemas.records import content_key
 from ..selectors.base import Prepared
 from ..selectors.rules import SELECTION_REPORT, Resolution
 from .artifacts import prepare_for_workers
-from .chunks import ReadChunks, ValidateChunk
+from .chunks import ReadChunks, ValidateChunk, ValidChunk
 from .options import check_options, pipeline_options
 from .plan import Plan, target_digests
 from .scoring import SelectorModelHandler, WriteShard, models_used
@@ -86,6 +85,11 @@ def _metrics(result) -> dict[str, Any]:
     return out
 
 
+def one_chunk_batch(chunk: ValidChunk) -> list[ValidChunk]:
+    """A chunk as RunInference's batch of one: a chunk is already the unit a selector scores."""
+    return [chunk]
+
+
 def score_pipeline(plan: Plan, done: set[str], prepared: dict | None = None, pipeline=None):
     """Pass 1's graph, built and not run (``tamis select --dry-run`` and the Flex Template use it too)."""
     import apache_beam as beam
@@ -101,7 +105,7 @@ def score_pipeline(plan: Plan, done: set[str], prepared: dict | None = None, pip
          | "ReadChunks" >> beam.ParDo(ReadChunks(frozenset(done)))
          | "Distribute" >> beam.Reshuffle()
          | "Validate" >> beam.ParDo(ValidateChunk(target_keys))
-         | "AsBatch" >> beam.Map(lambda chunk: [chunk])
+         | "AsBatch" >> beam.Map(one_chunk_batch)
          | "Score" >> RunInference(handler.with_no_batching())
          | "WriteShards" >> beam.ParDo(WriteShard(plan.config.out, plan.schema)))
     return pipeline

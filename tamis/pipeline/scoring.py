@@ -5,10 +5,9 @@ worker (setup, with the prepared record and the targets) and reuses it for every
 batched (``with_no_batching``): Beam's BatchElements sizes batches by timing, which would make
 scores depend on the runner; the selectors batch inside a chunk by a token budget instead.
 """
-from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -199,7 +198,7 @@ class WriteShard(beam.DoFn):
         self.folder = RunFolder(out)
         self.schema = schema
 
-    def process(self, result: PredictionResult):
+    def process(self, result: PredictionResult) -> Iterator[str]:
         chunk: ValidChunk = result.example
         start = time.perf_counter()
         if chunk.rejects:

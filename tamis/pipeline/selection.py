@@ -7,10 +7,10 @@ its shard, never into it. Only ids and scores cross a shuffle, never whole recor
 does not grow with record size, and a new selection writes bytes in proportion to the rows,
 not to their text. ``tamis reselect`` runs this pass alone with a new budget.
 """
-from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -58,53 +58,20 @@ class ShardIds(beam.DoFn):
     def __init__(self, out: str):
         self.folder = RunFolder(out)
 
-    def process(self, item: tuple[int, str]):
+    def process(self, item: tuple[int, str]) -> Iterator[tuple[str, tuple[int, int]]]:
         index, chunk = item
         ids = self.folder.read_chunk(chunk, ["id"], sets=[]).column("id").to_pylist()
         for row, rid in enumerate(ids):
             yield rid, (index, row)
 
 
-def later_duplicates(item: tuple[str, list[tuple[int, int]]]):
+def later_duplicates(item: tuple[str, Iterable[tuple[int, int]]]) -> Iterator[tuple[tuple[int, int], tuple[str, tuple[int, int]]]]:
     """For an id seen more than once, every position after the first (input order)."""
     rid, positions = item
     if len(positions) > 1:
         first, *rest = sorted(positions)
         for pos in rest:
             yield pos, (rid, first)
-
-
-class ShardCandidates(beam.DoFn):
-    """Each shard's own top-k per task (or per target example): partial top-k before the global combine."""
-
-    def __init__(self, out: str, ranking: Ranking, k: int, layout: "ScoreLayout"):
-        self.folder, self.ranking, self.k, self.layout = RunFolder(out), ranking, k, layout
-
-    def score_lists(self, table: pa.Table):
-        """(key, scores) per candidate list: per task, or per (task, target example)."""
-        for task, col in self.ranking.task_columns.items():
-            if self.ranking.rule.over == "queries":
-                column = table.column(query_column(col)).combine_chunks()
-                matrix = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-                matrix = matrix.reshape(table.num_rows, -1) if table.num_rows else matrix.reshape(0, 0)
-                for j in range(matrix.shape[1]):
-                    yield (task, j), matrix[:, j]
-            else:
-                yield task, table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
-
-    def process(self, item: tuple[int, str], duplicates: list):
-        index, chunk = item
-        cols = sorted(set(self.ranking.task_columns.values()))
-        if self.ranking.rule.over == "queries":
-            cols = [query_column(c) for c in cols]
-        table = self.folder.read_chunk(chunk, ["id", *self.layout.matches, *cols], list(self.layout.sets))
-        eligible = eligible_rows(table, index, self.ranking, duplicates)
-        ids = np.array(table.column("id").to_pylist() + [None], dtype=object)[:-1]  # strings, not characters
-        for key, scores in self.score_lists(table):
-            rows = np.flatnonzero(eligible & ~np.isnan(scores))
-            found = Candidates(scores[rows], np.full(len(rows), index, dtype=np.int64), rows.astype(np.int64),
-                               ids[rows])
-            yield key, found.best(self.k)  # one element per shard and key: no per-row cost in the shuffle
 
 
 @dataclass
@@ -133,6 +100,39 @@ class Candidates:
 
     def items(self) -> list[tuple[float, str]]:
         return list(zip(self.scores.tolist(), self.ids.tolist()))
+
+
+class ShardCandidates(beam.DoFn):
+    """Each shard's own top-k per task (or per target example): partial top-k before the global combine."""
+
+    def __init__(self, out: str, ranking: Ranking, k: int, layout: "ScoreLayout"):
+        self.folder, self.ranking, self.k, self.layout = RunFolder(out), ranking, k, layout
+
+    def score_lists(self, table: pa.Table):
+        """(key, scores) per candidate list: per task, or per (task, target example)."""
+        for task, col in self.ranking.task_columns.items():
+            if self.ranking.rule.over == "queries":
+                column = table.column(query_column(col)).combine_chunks()
+                matrix = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+                matrix = matrix.reshape(table.num_rows, -1) if table.num_rows else matrix.reshape(0, 0)
+                for j in range(matrix.shape[1]):
+                    yield (task, j), matrix[:, j]
+            else:
+                yield task, table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def process(self, item: tuple[int, str], duplicates: list) -> Iterator[tuple[Any, Candidates]]:
+        index, chunk = item
+        cols = sorted(set(self.ranking.task_columns.values()))
+        if self.ranking.rule.over == "queries":
+            cols = [query_column(c) for c in cols]
+        table = self.folder.read_chunk(chunk, ["id", *self.layout.matches, *cols], list(self.layout.sets))
+        eligible = eligible_rows(table, index, self.ranking, duplicates)
+        ids = np.array(table.column("id").to_pylist() + [None], dtype=object)[:-1]  # strings, not characters
+        for key, scores in self.score_lists(table):
+            rows = np.flatnonzero(eligible & ~np.isnan(scores))
+            found = Candidates(scores[rows], np.full(len(rows), index, dtype=np.int64), rows.astype(np.int64),
+                               ids[rows])
+            yield key, found.best(self.k)  # one element per shard and key: no per-row cost in the shuffle
 
 
 class TopCandidates(beam.CombineFn):
@@ -175,7 +175,7 @@ def eligible_rows(table: pa.Table, index: int, ranking: Ranking, duplicates: lis
     return eligible
 
 
-def merge_selection(top: list[tuple[str | None, Candidates]], ranking: Ranking, eligible: int) -> pa.Table:
+def merge_selection(top: list[tuple[Any, Candidates]], ranking: Ranking, eligible: int) -> pa.Table:
     """The rule's picks from each task's global candidates, best first."""
     picks = ranking.rule.pick({task: found.items() for task, found in top}, ranking.resolve(eligible))
     return picks_table(picks, rule_fields(ranking))
@@ -228,7 +228,7 @@ class WriteSelection(beam.DoFn):
         self.folder = RunFolder(out)
         self.rule_fields = tuple(rule_fields)  # the driver's own selection fields (null unless picked)
 
-    def process(self, item: tuple[int, str], selection: pa.Table, duplicates: list):
+    def process(self, item: tuple[int, str], selection: pa.Table, duplicates: list) -> Iterator[int]:
         index, chunk = item
         drop = {row: (rid, first) for (shard, row), (rid, first) in duplicates if shard == index}
         if drop:
@@ -322,7 +322,7 @@ class EligibleColumns(beam.DoFn):
     def __init__(self, out: str, ranking: Ranking, layout: ScoreLayout):
         self.folder, self.ranking, self.layout = RunFolder(out), ranking, layout
 
-    def process(self, item: tuple[int, str], duplicates: list):
+    def process(self, item: tuple[int, str], duplicates: list) -> Iterator[pa.Table]:
         index, chunk = item
         columns = ["id", *self.ranking.rule.inputs]
         table = self.folder.read_chunk(chunk, sorted(set(columns) | set(self.layout.matches)), list(self.layout.sets))
@@ -371,7 +371,7 @@ def rows_eligible(out: str, shards, ranking: Ranking, dup_list, layout: ScoreLay
     """How many rows may be selected: not a target match, not a later duplicate."""
     folder = RunFolder(out)
 
-    def count(item, duplicates):
+    def count(item: tuple[int, str], duplicates: list) -> int:
         index, chunk = item
         table = folder.read_chunk(chunk, list(layout.matches), list(layout.sets))
         return int(eligible_rows(table, index, ranking, duplicates).sum())
