@@ -17,6 +17,9 @@ def select(config: str | Path | dict | None = None, *, progress: bool = False, *
 
     Returns a RunSummary with the counts (input, accepted, rejected, selected) and timings.
     """
+    from .dependencies import require_supported
+
+    require_supported()  # before Beam is imported: an unsupported Beam fails in one line, not in its import
     from .pipeline.run import run_select
 
     return run_select(load_config(config, **overrides), progress=progress)
@@ -24,6 +27,9 @@ def select(config: str | Path | dict | None = None, *, progress: bool = False, *
 
 def reselect(out: str, budget: float, **kwargs: Any):
     """Select again on a finished run with a new budget, without scoring again."""
+    from .dependencies import require_supported
+
+    require_supported()
     from .pipeline.run import run_reselect
     from .schemas.config import check_budget
 
@@ -33,6 +39,9 @@ def reselect(out: str, budget: float, **kwargs: Any):
 def add_task(out: str, target: dict[str, str], **kwargs: Any):
     """Add target tasks (task -> examples file) to a finished run, from its stored pool features;
     then select again over all its tasks. See ``tamis add-task``."""
+    from .dependencies import require_supported
+
+    require_supported()
     from .pipeline.add_task import run_add_task
 
     return run_add_task(out, target, **kwargs)
