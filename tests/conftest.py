@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEMO = Path(__file__).resolve().parents[1] / "tamis" / "demo"
+# The smoke suite runs against an installed wheel in its own venvs (tests/smoke/environments.py).
+collect_ignore = ["smoke"]
 
 
 @pytest.fixture(scope="session", autouse=True)

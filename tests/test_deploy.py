@@ -2,13 +2,13 @@
 
 Dataflow and Flink cannot be reached from here, so the submit commands documented in deploy/*/README.md
 are run as they are with --dry-run (options checked, pipeline built, nothing submitted), and the
-images' pins are checked against the versions the tests run with.
+images are checked against their lock, deploy/constraints.txt. The user's own environment may hold
+any versions the declared ranges allow: nothing here compares it with the pins.
 """
 import json
 import re
 import shlex
-import sys
-from importlib.metadata import version
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import yaml
 from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from typer.testing import CliRunner
 
@@ -31,8 +32,20 @@ from .conftest import demo_records, write_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 runner = CliRunner()
-BEAM = version("apache-beam")
-PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def pins() -> dict[str, str]:
+    """deploy/constraints.txt: the worker images' lock (and the pinned suite's install)."""
+    out = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            out[name.strip().lower()] = pinned.strip()
+    return out
+
+
+BEAM = pins()["apache-beam"]
+IMAGE_PYTHON = "3.11"  # the worker image's Python; the submitting machine needs the same one
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -48,16 +61,22 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 KNOWN = {"FROM", "ARG", "ENV", "RUN", "COPY", "WORKDIR", "ENTRYPOINT", "CMD", "LABEL", "USER", "EXPOSE"}
 
 
-def test_worker_dockerfile_pins_the_tested_beam_python_and_torch():
+def test_worker_image_installs_the_wheel_with_its_lock():
     steps = instructions(DEPLOY / "dataflow" / "Dockerfile")
     assert {s for s, _ in steps} <= KNOWN
     froms = [a for s, a in steps if s == "FROM"]
-    assert froms == [f"apache/beam_python{PYTHON}_sdk:{BEAM}"]
+    assert froms == [f"apache/beam_python{IMAGE_PYTHON}_sdk:{BEAM}"]
+    requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert requires.contains(IMAGE_PYTHON + ".0")
     args = dict(a.split("=", 1) for s, a in steps if s == "ARG")
-    assert Version(args["TORCH_VERSION"]) == Version(Version(version("torch")).base_version)
+    assert Version(args["TORCH_VERSION"]) == Version(pins()["torch"])
     assert args["TORCH_VARIANT"] == "cpu"
     run = " ".join(a for s, a in steps if s == "RUN")
     assert "cpu)" in run and "cuda)" in run and "download.pytorch.org/whl/cpu" in run
+    # The lock goes in, and tamis comes from the built wheel (what a user installs), not the source tree.
+    assert ("COPY", "deploy/constraints.txt ./constraints.txt") in steps
+    assert "pip install -c constraints.txt ./dist/tamis-*.whl" in run
+    assert not any(s == "COPY" and "tamis " in a + " " for s, a in steps)
     assert [a for s, a in steps if s == "ENTRYPOINT"] == ['["/opt/apache/beam/boot"]']
     # Everything the image copies is let through its .dockerignore.
     allowed = [l[1:] for l in (DEPLOY / "dataflow" / "Dockerfile.dockerignore").read_text().splitlines() if l.startswith("!")]
@@ -67,30 +86,22 @@ def test_worker_dockerfile_pins_the_tested_beam_python_and_torch():
                 assert source in allowed, source
 
 
-def test_constraints_are_the_tested_versions_and_fit_pyproject():
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-
-    pins = {}
-    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, pinned = line.partition("==")
-            pins[name.strip().lower()] = pinned.strip()
-    assert Version(Version(version("torch")).base_version) == Version(pins["torch"])
-    assert pins["apache-beam"] == BEAM
-    for name, pinned in pins.items():
-        assert Version(version(name)).base_version == Version(pinned).base_version, name
+def test_the_lock_pins_every_dependency_inside_its_declared_range():
+    locked = pins()
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for req in map(Requirement, declared):
         name = req.name.lower()
-        assert name in pins, f"{name} is a dependency but has no tested pin in deploy/constraints.txt"
-        assert req.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+        assert name in locked, f"{name} is a dependency but has no pin in deploy/constraints.txt"
+        assert req.specifier.contains(locked[name], prereleases=True), (name, locked[name])
+    for name, pinned in locked.items():
+        assert Version(pinned).local is None, f"{name}: pin a public release, not {pinned}"
 
 
 def test_flex_and_flink_kits_use_the_same_versions():
     flex = instructions(DEPLOY / "dataflow" / "flex" / "Dockerfile")
     assert {s for s, _ in flex} <= KNOWN
     launcher = [a for s, a in flex if s == "FROM"][0]
-    assert f"python{PYTHON.replace('.', '')}-template-launcher-base" in launcher
+    assert f"python{IMAGE_PYTHON.replace('.', '')}-template-launcher-base" in launcher
     assert [a for s, a in flex if s == "ENTRYPOINT"] == ['["/opt/apache/beam/boot"]']
     assert ("ENV", "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py") in flex
     accepted = set(SelectConfig.model_fields) | {"config"}
