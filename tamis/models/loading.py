@@ -6,6 +6,7 @@ tests exercise it on local folders (no hub is reachable offline).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import json
@@ -13,6 +14,7 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
+from ..errors import ConfigError
 from ..io import filesystems
 from ..io.filesystems import is_remote
 from .cache import key_lock
@@ -70,15 +72,107 @@ def load_backbone(name_or_path: str, device: str = "cpu", dtype: str = "float32"
     from transformers import AutoModel
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    model = AutoModel.from_pretrained(
-        resolve_model(name_or_path),
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-        dtype=torch_dtype(dtype),
-    )
+    with quiet_loading():
+        model, info = AutoModel.from_pretrained(
+            resolve_model(name_or_path),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            dtype=torch_dtype(dtype),
+            output_loading_info=True,
+        )
+    require_every_weight(model, info, name_or_path, backbone=True)
     model.to(torch.device(device))
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' progress bars and load report, off while a model loads: tamis checks the
+    loading info itself (:func:`require_every_weight`) and says in one line what is wrong."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class ModelWeightsError(ConfigError):
+    """A model folder whose tensors do not fit its architecture."""
+
+
+def require_every_weight(model, info: dict, name_or_path: str, backbone: bool = False) -> None:
+    """Every parameter came from the checkpoint, or the run stops with one line.
+
+    transformers fills a tensor the checkpoint lacks with random values and only logs it, so a
+    damaged or mismatched folder would score a whole pool with a partly random model. One case is
+    explained, not refused: a config that ties the input and output embeddings, saved with only
+    the output one (``lm_head.weight``). A causal LM ties them itself; a backbone (``AutoModel``,
+    no head) gets the input embedding from that tensor here, as the tie says. A backbone may leave
+    out the checkpoint's head tensors (``lm_head``, ``cls``: modules it does not have).
+    """
+    missing = list(info.get("missing_keys") or [])
+    unexpected = list(info.get("unexpected_keys") or [])
+    mismatched = [k for k, *_ in (info.get("mismatched_keys") or [])]
+    if backbone:
+        children = {name for name, _ in model.named_children()}
+        unexpected = [k for k in unexpected if k.split(".", 1)[0] in children]
+        missing = _tie_input_embedding(model, missing, info, name_or_path)
+    problems = [f"{label} {_few(keys)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", mismatched)) if keys]
+    if problems:
+        raise ModelWeightsError(f"model {name_or_path!r} does not hold every weight its config needs: "
+                                f"{'; '.join(problems)} (a damaged or incomplete folder, or another architecture)")
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _tie_input_embedding(model, missing: list[str], info: dict, name_or_path: str) -> list[str]:
+    """``missing`` less the input embedding, when the config's tie explains it and the
+    checkpoint holds the output embedding it is tied to (copied in here)."""
+    import torch
+
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    embedding = model.get_input_embeddings()
+    name = next((n for n, m in model.named_modules() if m is embedding), None)
+    key = f"{name}.weight" if name else None
+    if not (key in missing and getattr(config, "tie_word_embeddings", False)
+            and "lm_head.weight" in (info.get("unexpected_keys") or [])):
+        return missing
+    tensor = _checkpoint_tensor(name_or_path, "lm_head.weight")
+    if tensor is None or tuple(tensor.shape) != tuple(embedding.weight.shape):
+        return missing
+    with torch.no_grad():
+        embedding.weight.copy_(tensor.to(embedding.weight.dtype))
+    return [k for k in missing if k != key]
+
+
+def _checkpoint_tensor(name_or_path: str, key: str):
+    """One tensor read straight from the model's safetensors (single file or sharded)."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    source = resolve_model(name_or_path)
+    index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    if index:
+        shard = json.loads(Path(index).read_text())["weight_map"].get(key)
+        path = cached_file(source, shard) if shard else None
+    else:
+        path = cached_file(source, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+    if not path:
+        return None
+    with safe_open(path, "pt") as f:
+        return f.get_tensor(key) if key in f.keys() else None
 
 
 # -- model files on shared storage ---------------------------------------------------------------
