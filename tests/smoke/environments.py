@@ -1,6 +1,7 @@
 """Run the smoke suite against a built wheel in clean venvs at the edges of the declared ranges.
 
-    python tests/smoke/environments.py newest lowest     # what .ci/run does after the pinned suite
+    python tests/smoke/environments.py newest lowest     # both environments (the default)
+    python tests/smoke/environments.py --alongside python -m pytest -q   # .ci/run: beside the pinned suite
     python tests/smoke/environments.py --refresh-constraints   # new pins: the newest allowed releases
 
 ``newest`` resolves ``pyproject.toml``'s dependencies to the newest releases they allow, as a
@@ -10,6 +11,10 @@ Each environment gets the wheel built from this checkout (``pip wheel``), instal
 in a temporary folder away from the source tree, and runs ``tests/smoke/test_installed.py``
 from there. torch is the CPU build pinned in ``deploy/constraints.txt`` in every environment:
 any other torch from the index is a multi-GB CUDA build.
+
+``--alongside CMD...`` runs CMD (the pinned suite) at the same time, with the terminal to itself;
+this script's own output waits until CMD ends. Most of the pinned suite's cluster rehearsal keeps
+one core busy, so the smoke suites use the other. The exit status is non-zero if either failed.
 
 ``--refresh-constraints`` rewrites ``deploy/constraints.txt`` (and the Beam tags of the deploy
 kits) to the newest allowed releases, then runs the ``newest`` smoke suite; run the whole suite
@@ -42,8 +47,17 @@ BEAM_TAGGED = [ROOT / "deploy" / "dataflow" / "Dockerfile", ROOT / "deploy" / "d
                ROOT / "deploy" / "flink" / "docker-compose.yml", ROOT / "deploy" / "flink" / "README.md"]
 
 
+OUT = sys.stdout  # a log file while another command has the terminal (--alongside)
+
+
+def say(text: str) -> None:
+    print(text, file=OUT, flush=True)
+
+
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    print("+", " ".join(map(str, cmd)), flush=True)
+    say("+ " + " ".join(map(str, cmd)))
+    if OUT is not sys.stdout:
+        kw = {"stdout": OUT, "stderr": subprocess.STDOUT, **kw}
     return subprocess.run(list(map(str, cmd)), check=True, **kw)
 
 
@@ -146,7 +160,7 @@ def refresh_constraints(work: Path) -> None:
         for path in BEAM_TAGGED:
             path.write_text(path.read_text().replace(before, after))
     changed = {n: (old[n], v) for n, v in pins().items() if old.get(n) != v}
-    print("constraints:", ", ".join(f"{n} {a} -> {b}" for n, (a, b) in changed.items()) or "already the newest")
+    say("constraints: " + (", ".join(f"{n} {a} -> {b}" for n, (a, b) in changed.items()) or "already the newest"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,13 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("envs", nargs="*", metavar="ENV", help="newest, lowest or both (default: both)")
     parser.add_argument("--refresh-constraints", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (venvs, locks)")
+    parser.add_argument("--alongside", nargs=argparse.REMAINDER, default=[], metavar="CMD",
+                        help="a command to run at the same time (the pinned suite); must come last")
     args = parser.parse_args(argv)
     unknown = [e for e in args.envs if e not in RESOLUTIONS]
     if unknown:
         parser.error(f"unknown environment {unknown[0]!r}: choose from {', '.join(RESOLUTIONS)}")
     envs = list(args.envs) or (["newest"] if args.refresh_constraints else ["newest", "lowest"])
+    global OUT
     work = Path(tempfile.mkdtemp(prefix="tamis-envs-"))
     failed, running = [], {}
+    beside = subprocess.Popen(args.alongside) if args.alongside else None
+    if beside is not None:
+        OUT = open(work / "environments.log", "w", encoding="utf-8")
     try:
         if args.refresh_constraints:
             refresh_constraints(work)
@@ -168,22 +188,28 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         for name in envs:
             python = make_env(work, name, wheel, torch, resolve(work, RESOLUTIONS[name]))
-            print(f"== {name}: the {name} releases the ranges allow, with {wheel.name}:\n{versions(python)}", flush=True)
+            say(f"== {name}: the {name} releases the ranges allow, with {wheel.name}:\n{versions(python)}")
             running[name] = start_smoke(work, name, python)
         for name, (proc, log) in running.items():
             code = proc.wait()
-            print(f"== smoke suite, {name} releases:\n{log.read_text()}", flush=True)
-            print(f"== {name}: {'passed' if code == 0 else f'FAILED (exit {code})'} "
-                  f"({time.perf_counter() - start:.0f} s since the first install)", flush=True)
+            say(f"== smoke suite, {name} releases:\n{log.read_text()}")
+            say(f"== {name}: {'passed' if code == 0 else f'FAILED (exit {code})'} "
+                f"({time.perf_counter() - start:.0f} s since the first install)")
             if code:
                 failed.append(name)
     except subprocess.CalledProcessError as e:
-        print(f"environments.py: {' '.join(map(str, e.cmd[:4]))} ... failed with exit status {e.returncode}", file=sys.stderr)
-        return 1
+        say(f"environments.py: {' '.join(map(str, e.cmd[:4]))} ... failed with exit status {e.returncode}")
+        failed.append("setup")
     finally:
         for proc, _ in running.values():
             if proc.poll() is None:
                 proc.kill()
+        if beside is not None:
+            if beside.wait():
+                failed.append(" ".join(args.alongside))
+            OUT.close()
+            OUT = sys.stdout
+            print((work / "environments.log").read_text(), flush=True)
         if args.keep:
             print("kept", work)
         else:
