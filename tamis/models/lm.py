@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .loading import load_tokenizer, quiet_loading, require_every_weight, resolve_model, torch_dtype
+from .loading import load_pretrained, load_tokenizer, torch_dtype
 from .text import clip_chars
 
 
@@ -56,16 +56,8 @@ def load_causal_lm(name_or_path: str, *, device: str = "cpu", dtype: str = "floa
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
-    with quiet_loading():
-        model, info = AutoModelForCausalLM.from_pretrained(
-            resolve_model(name_or_path),
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            dtype=torch_dtype(dtype),
-            attn_implementation=attn_implementation,
-            output_loading_info=True,
-        )
-    require_every_weight(model, info, name_or_path)
+    model = load_pretrained(AutoModelForCausalLM, name_or_path, trust_remote_code=trust_remote_code,
+                            dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if adapter is not None:

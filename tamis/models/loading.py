@@ -72,17 +72,20 @@ def load_backbone(name_or_path: str, device: str = "cpu", dtype: str = "float32"
     from transformers import AutoModel
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with quiet_loading():
-        model, info = AutoModel.from_pretrained(
-            resolve_model(name_or_path),
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            dtype=torch_dtype(dtype),
-            output_loading_info=True,
-        )
-    require_every_weight(model, info, name_or_path, backbone=True)
+    model = load_pretrained(AutoModel, name_or_path, backbone=True, trust_remote_code=trust_remote_code,
+                            dtype=torch_dtype(dtype))
     model.to(torch.device(device))
     model.eval()
+    return model
+
+
+def load_pretrained(auto_class, name_or_path: str, backbone: bool = False, **kwargs):
+    """``auto_class.from_pretrained`` from safetensors only, every weight checked
+    (:func:`require_every_weight`); ``backbone``: a model without the checkpoint's head."""
+    with quiet_loading():
+        model, info = auto_class.from_pretrained(resolve_model(name_or_path), use_safetensors=True,
+                                                 output_loading_info=True, **kwargs)
+    require_every_weight(model, info, name_or_path, backbone=backbone)
     return model
 
 
