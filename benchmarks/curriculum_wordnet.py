@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH = Path("/work/shared/bench/wordnet")
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet"  # ../shared/bench/wordnet beside the checkout
 ARMS = ("random", "random-seed1", "curriculum", "dds-mae")
 
 

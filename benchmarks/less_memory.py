@@ -36,8 +36,6 @@ from pathlib import Path
 
 # The WordNet benchmark data: beside the checkout (as the other benchmarks expect), or $TAMIS_BENCH_WORDNET.
 BENCH = Path(os.environ.get("TAMIS_BENCH_WORDNET") or Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
-if not BENCH.exists():
-    BENCH = Path("/work/shared/bench/wordnet")
 RUNS = [  # (rows, proj_dim, chunk_size, block_mb): 256 is the default; 4096 buffers up to 72 rows per projection
     (120, 8192, 16, 256), (1000, 8192, 16, 256), (120, 1024, 16, 256), (120, 4096, 16, 256), (120, 8192, 8, 256),
     (120, 8192, 32, 256), (120, 8192, 16, 4096),

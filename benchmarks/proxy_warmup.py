@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-BENCH = Path("/work/shared/bench/wordnet")
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet"  # ../shared/bench/wordnet beside the checkout
 
 
 def held_out_loss(model, tokenizer, records, max_length: int) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCH = next((p / "shared" / "bench" / "wordnet" for p in HERE.parents if (p / "shared" / "bench" / "wordnet").is_dir()),
-             Path("/work/shared/bench/wordnet"))
+             Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
 
 
 def subset(rows: int, dest: Path) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 # The shared bench folder sits beside the checkout (/work/main -> /work/shared) or, from a worktree
 # (/work/wt/NAME), one level further up.
 BENCH = next((p / "shared" / "bench" / "wordnet" for p in Path(__file__).resolve().parents
-              if (p / "shared" / "bench" / "wordnet").is_dir()), Path("/work/shared/bench/wordnet"))
+              if (p / "shared" / "bench" / "wordnet").is_dir()), Path(__file__).resolve().parents[2] / "shared" / "bench" / "wordnet")
 
 # Training cut down to fit a CPU (see the docstring); scoring itself is unchanged.
 SETTINGS = {
